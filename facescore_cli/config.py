@@ -1,0 +1,89 @@
+"""One settings object, read once from the environment and from `.env` in the working folder."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+from .errors import ConfigError
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean (use true or false)")
+
+
+def _num(name: str, raw: str, kind: type) -> float:
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = "redis://localhost:6379"
+    face_detection_service: str | None = None
+    face_embedding_service: str | None = None
+    ml_service_timeout_ms: int = 5000
+    use_real_ml: bool = True
+    fallback_to_simulated: bool = True
+    fallback_to_local: bool = True
+    simulated_ml_threshold: float = 0.7
+    via: str = "auto"
+    queue: str = "facescore"
+    qdrant_url: str | None = None
+    qdrant_api_key: str | None = None
+    home: Path = field(default_factory=lambda: Path.home() / ".local" / "share" / "facescore")
+    service_token: str | None = None
+    max_image_bytes: int = 40 * 1024 * 1024
+    max_image_pixels: int = 60_000_000
+    head_path: Path | None = None
+
+    @classmethod
+    def load(cls, environ: dict[str, str] | None = None, dotenv: Path | None = Path(".env")) -> "Settings":
+        """Environment wins over `.env`; `.env` wins over the defaults."""
+        values: dict[str, str] = {}
+        if dotenv is not None and dotenv.is_file():
+            values.update({k: v for k, v in dotenv_values(dotenv).items() if v is not None})
+        values.update(os.environ if environ is None else environ)
+        get = values.get
+        via = get("FACESCORE_VIA", "auto").strip().lower() or "auto"
+        if via not in ("auto", "local", "queue"):
+            raise ConfigError(f"FACESCORE_VIA={via!r} must be auto, local or queue")
+        threshold = _num("SIMULATED_ML_THRESHOLD", get("SIMULATED_ML_THRESHOLD", "0.7"), float)
+        if not 0.0 <= threshold <= 1.0:
+            raise ConfigError(f"SIMULATED_ML_THRESHOLD={threshold} must be between 0 and 1")
+        timeout = _num("ML_SERVICE_TIMEOUT", get("ML_SERVICE_TIMEOUT", "5000"), int)
+        if timeout <= 0:
+            raise ConfigError(f"ML_SERVICE_TIMEOUT={timeout} must be a positive number of milliseconds")
+        home = get("FACESCORE_HOME") or str(Path.home() / ".local" / "share" / "facescore")
+        head = get("FACESCORE_HEAD") or None
+        return cls(
+            redis_url=get("REDIS_URL") or "redis://localhost:6379",
+            face_detection_service=(get("FACE_DETECTION_SERVICE") or None),
+            face_embedding_service=(get("FACE_EMBEDDING_SERVICE") or None),
+            ml_service_timeout_ms=int(timeout),
+            use_real_ml=_bool("USE_REAL_ML", get("USE_REAL_ML", "true")),
+            fallback_to_simulated=_bool("FALLBACK_TO_SIMULATED", get("FALLBACK_TO_SIMULATED", "true")),
+            fallback_to_local=_bool("FALLBACK_TO_LOCAL", get("FALLBACK_TO_LOCAL", "true")),
+            simulated_ml_threshold=threshold,
+            via=via,
+            queue=get("FACESCORE_QUEUE") or "facescore",
+            qdrant_url=get("QDRANT_URL") or None,
+            qdrant_api_key=get("QDRANT_API_KEY") or None,
+            home=Path(home).expanduser(),
+            service_token=get("FACESCORE_SERVICE_TOKEN") or None,
+            max_image_bytes=int(_num("FACESCORE_MAX_IMAGE_BYTES", get("FACESCORE_MAX_IMAGE_BYTES", str(40 * 1024 * 1024)), int)),
+            max_image_pixels=int(_num("FACESCORE_MAX_IMAGE_PIXELS", get("FACESCORE_MAX_IMAGE_PIXELS", "60000000"), int)),
+            head_path=Path(head).expanduser() if head else None,
+        )

