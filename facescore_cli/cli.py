@@ -1,0 +1,158 @@
+"""Typer commands only: parse, call, print."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from . import __version__, output, pipeline
+from .config import Settings
+from .errors import ConfigError
+from .result import ImageResult
+
+app = typer.Typer(
+    help="Score faces in photos for perceived attractiveness (as rated by a population of raters), "
+    "with a one-word vibe and a percentile rank.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+out = Console()
+err = Console(stderr=True)
+
+VIA_HELP = "auto | local | queue (env FACESCORE_VIA). auto uses the queue when a worker is alive, else local."
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.load()
+    except ConfigError as exc:
+        err.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _resolve_via(settings: Settings, via: Optional[str]) -> str:
+    choice = (via or settings.via).lower()
+    if choice not in ("auto", "local", "queue"):
+        err.print(f"[red]--via must be auto, local or queue, not {choice!r}[/red]")
+        raise typer.Exit(2)
+    if choice == "queue":
+        err.print("[red]--via queue:[/red] the Redis queue is not available in this version; use --via local")
+        raise typer.Exit(2)
+    if choice == "auto":
+        err.print("[dim]via auto: no queue worker in this version, scoring locally[/dim]")
+    return "local"
+
+
+def _exit_code(results: list[ImageResult]) -> int:
+    return 1 if any(r.failed for r in results) else 0
+
+
+@app.callback(invoke_without_command=True)
+def main(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what the chain does."),
+) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.ERROR, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if version:
+        out.print(__version__)
+        raise typer.Exit(0)
+
+
+@app.command()
+def score(
+    images: list[Path] = typer.Argument(..., help="Image files to score.", show_default=False),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON instead of a table."),
+    via: Optional[str] = typer.Option(None, "--via", help=VIA_HELP, show_default=False),
+) -> None:
+    """Score one or more images and print a table: file, face, score, vibe, rank, confidence, source.
+
+    [bold]Examples[/bold]
+
+      facescore score examples/faces/omi-2.jpg
+
+      facescore score a.jpg b.png --json
+    """
+    settings = _settings()
+    _resolve_via(settings, via)
+    items = [pipeline.Item(p, str(p)) for p in images]
+    results = list(pipeline.score_items(items, settings, jobs=1))
+    if as_json:
+        typer.echo(json.dumps([r.to_json() for r in results], indent=2))
+    else:
+        out.print(output.results_table(results))
+    raise typer.Exit(_exit_code(results))
+
+
+@app.command()
+def batch(
+    inputs: list[str] = typer.Argument(..., help="Files and folders (folders are walked recursively).", show_default=False),
+    out_path: Path = typer.Option(..., "--out", "-o", help="results.csv or results.jsonl (format from the extension)."),
+    resume: bool = typer.Option(False, "--resume", help="Skip inputs already in --out and append to it."),
+    jobs: int = typer.Option(0, "--jobs", "-j", help="Processes to score in (0 = one per core)."),
+    via: Optional[str] = typer.Option(None, "--via", help=VIA_HELP, show_default=False),
+) -> None:
+    """Score files and folders, writing one row per face to CSV or JSONL as it is produced.
+
+    [bold]Examples[/bold]
+
+      facescore batch examples/ --out results.csv
+
+      facescore batch photos/ more/ --out results.jsonl --jobs 2 --resume
+    """
+    settings = _settings()
+    try:
+        output.format_for(out_path)
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    _resolve_via(settings, via)
+    found = pipeline.collect(inputs)
+    for shown in found.skipped:
+        err.print(f"[yellow]skipped (not an image):[/yellow] {shown}")
+    items = found.items
+    resumed = 0
+    if resume:
+        done = output.done_paths(out_path)
+        resumed = sum(1 for i in items if i.display in done)
+        items = [i for i in items if i.display not in done]
+    if not items and not resumed:
+        err.print("[red]no image files found in the inputs[/red]")
+        raise typer.Exit(2)
+    jobs = jobs if jobs > 0 else pipeline.default_jobs()
+    results: list[ImageResult] = []
+    start = time.perf_counter()
+    progress = Progress(
+        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+        console=err, transient=False,
+    )
+    try:
+        with output.RowWriter(out_path, append=resume) as writer, progress:
+            task = progress.add_task("scoring", total=len(items), rate="")
+            for r in pipeline.score_items(items, settings, jobs):
+                writer.write(r)
+                results.append(r)
+                if r.failed:
+                    progress.console.print(f"[red]failed[/red] {r.path}: {r.error}")
+                elapsed = time.perf_counter() - start
+                progress.update(task, advance=1, rate=f"{len(results) / elapsed:.2f} img/s" if elapsed > 0 else "")
+    except KeyboardInterrupt:
+        err.print(f"[yellow]interrupted: {len(results)} images written to {out_path}; "
+                  f"run again with --resume to finish[/yellow]")
+        raise typer.Exit(130) from None
+    err.print(output.summary_table(results, time.perf_counter() - start, len(found.skipped), resumed))
+    err.print(f"wrote {out_path}")
+    raise typer.Exit(_exit_code(results))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
