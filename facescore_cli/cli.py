@@ -6,6 +6,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Optional
 
 import typer
@@ -51,6 +52,16 @@ def _resolve_via(settings: Settings, via: Optional[str]) -> str:
     return "local"
 
 
+def _results(items: list[pipeline.Item], settings: Settings, mode: str, jobs: int) -> Iterator[ImageResult]:
+    """Results as they arrive, from the path `_resolve_via` chose."""
+    return pipeline.score_items(items, settings, jobs)
+
+
+def _remember(results: Iterator[ImageResult], settings: Settings) -> Iterator[ImageResult]:
+    """Where results pass on their way to the output (the store hooks in here)."""
+    return results
+
+
 def _exit_code(results: list[ImageResult]) -> int:
     return 1 if any(r.failed for r in results) else 0
 
@@ -83,8 +94,9 @@ def score(
     """
     settings = _settings()
     _resolve_via(settings, via)
+    mode = _resolve_via(settings, via)
     items = [pipeline.Item(p, str(p)) for p in images]
-    results = list(pipeline.score_items(items, settings, jobs=1))
+    results = list(_remember(_results(items, settings, mode, jobs=1), settings))
     if as_json:
         typer.echo(json.dumps([r.to_json() for r in results], indent=2))
     else:
@@ -114,7 +126,7 @@ def batch(
     except ValueError as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
-    _resolve_via(settings, via)
+    mode = _resolve_via(settings, via)
     found = pipeline.collect(inputs)
     for shown in found.skipped:
         err.print(f"[yellow]skipped (not an image):[/yellow] {shown}")
@@ -138,7 +150,7 @@ def batch(
     try:
         with output.RowWriter(out_path, append=resume) as writer, progress:
             task = progress.add_task("scoring", total=len(items), rate="")
-            for r in pipeline.score_items(items, settings, jobs):
+            for r in _remember(_results(items, settings, mode, jobs), settings):
                 writer.write(r)
                 results.append(r)
                 if r.failed:
@@ -153,6 +165,19 @@ def batch(
     err.print(f"wrote {out_path}")
     raise typer.Exit(_exit_code(results))
 
+
+def _register_commands() -> None:
+    """Each module in facescore_cli/commands/ adds its commands with `register(app)`."""
+    import importlib
+    import pkgutil
+
+    from . import commands
+
+    for mod in sorted(m.name for m in pkgutil.iter_modules(commands.__path__)):
+        importlib.import_module(f"{commands.__name__}.{mod}").register(app)
+
+
+_register_commands()
 
 if __name__ == "__main__":  # pragma: no cover
     app()
