@@ -85,6 +85,9 @@ def decode(
             warnings.simplefilter("ignore")
             img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
+        kind = _sniff(data)
+        if kind:
+            raise ImageError(f"corrupt {kind} image (its header cannot be decoded)") from None
         raise ImageError("not an image (unrecognised format)") from None
     except Exception as exc:  # PIL raises many types for broken headers
         raise ImageError(f"corrupt image header: {_reason(exc)}") from None
@@ -121,6 +124,16 @@ def decode(
         raise ImageError("image could not be converted to RGB")
     scale = pixels.shape[1] / upright_w
     return DecodedImage(pixels=pixels, scale=scale, width=upright_w, height=upright_h, format=fmt)
+
+
+_MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG", "PNG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
+          (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+
+
+def _sniff(data: bytes) -> str | None:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    return next((kind for magic, kind in _MAGIC if data.startswith(magic)), None)
 
 
 def _exif_orientation(img: Image.Image) -> int | None:
