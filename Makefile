@@ -1,0 +1,29 @@
+# The README's quick start: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Install, then score the bundled examples/ into results.csv (local models, no services needed).
+demo: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/facescore batch examples --out results.csv
+	$(BIN)/facescore score examples/group.jpg
+
+# Install with the test extra and run every test; the tests start their own redis-server and
+# ML services on free ports.
+test: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pytest
+
+bench: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/bench_batch.py
+
+clean:
+	rm -rf $(VENV) results.csv build *.egg-info
