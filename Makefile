@@ -23,7 +23,8 @@ test: $(BIN)/python
 
 bench: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
-	$(BIN)/python bench/bench_batch.py
+	$(BIN)/python -m pip install --quiet --no-deps face_recognition
+	$(BIN)/python bench/bench_batch.py --kind both
 
 clean:
 	rm -rf $(VENV) results.csv build *.egg-info

@@ -1,0 +1,143 @@
+"""facescore batch against the face_recognition command line, same images, same run.
+
+    pip install --no-deps face_recognition && pip install click psutil
+    python bench/bench_batch.py [--images N] [--cpus C] [--kind portraits|groups|both]
+
+The anchor is ageitgey's `face_recognition` CLI (dlib HOG detection + dlib ResNet embedding),
+run with --cpus equal to the cores. Both tools get the same folder; we time whole commands
+(start-up included) and print both rates and their ratio, plus each tool's peak resident memory.
+Portraits are OMI faces (1024x1024 JPEG, one face each); group photos are 1600x1200 collages
+of OMI faces 40-400 px wide made here with a fixed seed.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+REPO = Path(__file__).resolve().parents[1]
+OMI = REPO.parent / "shared" / "datasets" / "omi" / "images"
+
+
+def portraits(dst: Path, n: int) -> list[Path]:
+    files = sorted(OMI.glob("*.jpg"), key=lambda p: int(p.stem))[:n]
+    for f in files:
+        shutil.copy(f, dst / f.name)
+    return files
+
+
+def groups(dst: Path, n: int, seed: int = 11) -> int:
+    """n 1600x1200 collages; returns the number of faces pasted."""
+    rng = np.random.default_rng(seed)
+    pool = sorted(OMI.glob("*.jpg"), key=lambda p: int(p.stem))
+    total = 0
+    for i in range(n):
+        yy, xx = np.mgrid[0:1200, 0:1600]
+        bg = np.stack([80 + 70 * xx / 1600, 100 + 50 * yy / 1200, 150 - 60 * xx / 1600], 2) + rng.normal(0, 8, (1200, 1600, 3))
+        canvas = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8))
+        occupied: list[tuple[int, int, int]] = []
+        for _ in range(int(rng.integers(3, 7))):
+            face_w = int(rng.integers(40, 401))
+            size = int(face_w / 0.6)  # the crop is ~1.65x the face width
+            for _try in range(30):
+                x, y = int(rng.integers(0, 1600 - size)), int(rng.integers(0, 1200 - size))
+                if all(abs(x - ox) > (size + os_) / 2 or abs(y - oy) > (size + os_) / 2 for ox, oy, os_ in occupied):
+                    break
+            else:
+                continue
+            src = Image.open(pool[int(rng.integers(len(pool)))]).convert("RGB").crop((120, 100, 904, 944))
+            face = src.resize((size, size), Image.LANCZOS)
+            mask = Image.new("L", (size, size), 0)
+            ImageDraw.Draw(mask).ellipse((0, 0, size, size), fill=255)
+            angle = float(rng.uniform(-20, 20))
+            canvas.paste(face.rotate(angle, Image.BICUBIC), (x, y), mask.filter(ImageFilter.GaussianBlur(size / 40)).rotate(angle))
+            occupied.append((x + size // 2, y + size // 2, size))
+            total += 1
+        canvas.save(dst / f"group-{i:03d}.jpg", quality=85)
+    return total
+
+
+def run(cmd: list[str]) -> tuple[float, float, str]:
+    """Wall seconds and peak RSS (MB, largest single process of the tree) of a command."""
+    import psutil
+
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    peak = 0.0
+    outbuf: list[str] = []
+    reader = threading.Thread(target=lambda: outbuf.append(proc.stdout.read()), daemon=True)
+    reader.start()
+    ps = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        try:
+            for p in [ps, *ps.children(recursive=True)]:
+                peak = max(peak, p.memory_info().rss / 2**20)
+        except psutil.Error:
+            pass
+        time.sleep(0.05)
+    reader.join()
+    return time.perf_counter() - start, peak, "".join(outbuf)
+
+
+def bench(folder: Path, count: int, cpus: int, label: str) -> dict:
+    known = folder.parent / f"{folder.name}-known"
+    known.mkdir(exist_ok=True)
+    anchor_bin = shutil.which("face_recognition") or str(Path(sys.executable).parent / "face_recognition")
+    if not Path(anchor_bin).exists():
+        sys.exit("the anchor is missing: pip install --no-deps face_recognition && pip install click")
+    a_sec, a_mem, a_out = run([anchor_bin, "--cpus", str(cpus), str(known), str(folder)])
+    out_csv = folder.parent / f"{folder.name}.csv"
+    facescore = str(Path(sys.executable).parent / "facescore")
+    f_sec, f_mem, _ = run([facescore, "batch", str(folder), "--out", str(out_csv), "--jobs", str(cpus), "--via", "local"])
+    with out_csv.open() as fh:
+        rows = list(csv.DictReader(fh))
+    faces = sum(1 for r in rows if r["face"] != "")
+    anchor_faces = sum(1 for line in a_out.splitlines() if line.strip())
+    return {"label": label, "images": count, "anchor_rate": count / a_sec, "facescore_rate": count / f_sec,
+            "ratio": a_sec / f_sec, "anchor_mb": a_mem, "facescore_mb": f_mem, "faces": faces, "anchor_faces": anchor_faces}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=100)
+    ap.add_argument("--cpus", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--kind", choices=["portraits", "groups", "both"], default="portraits")
+    args = ap.parse_args()
+    if not OMI.is_dir():
+        sys.exit(f"the OMI images are not at {OMI}")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.kind in ("portraits", "both"):
+            d = Path(tmp) / "portraits"
+            d.mkdir()
+            portraits(d, args.images)
+            rows.append(bench(d, args.images, args.cpus, "portraits 1024x1024"))
+        if args.kind in ("groups", "both"):
+            d = Path(tmp) / "groups"
+            d.mkdir()
+            pasted = groups(d, max(args.images // 5, 4))
+            r = bench(d, max(args.images // 5, 4), args.cpus, "groups 1600x1200")
+            r["truth_faces"] = pasted
+            rows.append(r)
+    print(f"cpus={args.cpus}")
+    print(f"{'set':22} {'images':>6} {'anchor img/s':>12} {'facescore img/s':>15} {'ratio':>6} "
+          f"{'anchor MB':>9} {'facescore MB':>12} {'faces (anchor)':>15}")
+    for r in rows:
+        extra = f" of {r['truth_faces']} pasted" if "truth_faces" in r else ""
+        print(f"{r['label']:22} {r['images']:>6} {r['anchor_rate']:>12.2f} {r['facescore_rate']:>15.2f} "
+              f"{r['ratio']:>5.2f}x {r['anchor_mb']:>9.0f} {r['facescore_mb']:>12.0f} "
+              f"{r['faces']:>6} ({r['anchor_faces']}){extra}")
+
+
+if __name__ == "__main__":
+    main()
