@@ -57,9 +57,15 @@ def _results(items: list[pipeline.Item], settings: Settings, mode: str, jobs: in
     return pipeline.score_items(items, settings, jobs)
 
 
-def _remember(results: Iterator[ImageResult], settings: Settings) -> Iterator[ImageResult]:
-    """Where results pass on their way to the output (the store hooks in here)."""
-    return results
+def _remember(results: Iterator[ImageResult], settings: Settings, store: bool = True) -> Iterator[ImageResult]:
+    """Where results pass on their way to the output: real-model faces go into the store (in this
+    process only: the embedded store allows one writer) and get their `store_rank`."""
+    from rich.markup import escape
+
+    from .store import remember_all
+
+    return remember_all(results, settings, lambda msg: err.print(f"[yellow]warning:[/yellow] {escape(msg)}"),
+                        enabled=store)
 
 
 def _exit_code(results: list[ImageResult]) -> int:
@@ -83,6 +89,7 @@ def score(
     images: list[Path] = typer.Argument(..., help="Image files to score.", show_default=False),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON instead of a table."),
     via: Optional[str] = typer.Option(None, "--via", help=VIA_HELP, show_default=False),
+    store: bool = typer.Option(True, "--store/--no-store", help="Keep real-model results in the face store (Qdrant)."),
 ) -> None:
     """Score one or more images and print a table: file, face, score, vibe, rank, confidence, source.
 
@@ -96,7 +103,7 @@ def score(
     _resolve_via(settings, via)
     mode = _resolve_via(settings, via)
     items = [pipeline.Item(p, str(p)) for p in images]
-    results = list(_remember(_results(items, settings, mode, jobs=1), settings))
+    results = list(_remember(_results(items, settings, mode, jobs=1), settings, store))
     if as_json:
         typer.echo(json.dumps([r.to_json() for r in results], indent=2))
     else:
@@ -111,6 +118,7 @@ def batch(
     resume: bool = typer.Option(False, "--resume", help="Skip inputs already in --out and append to it."),
     jobs: int = typer.Option(0, "--jobs", "-j", help="Processes to score in (0 = one per core)."),
     via: Optional[str] = typer.Option(None, "--via", help=VIA_HELP, show_default=False),
+    store: bool = typer.Option(True, "--store/--no-store", help="Keep real-model results in the face store (Qdrant)."),
 ) -> None:
     """Score files and folders, writing one row per face to CSV or JSONL as it is produced.
 
@@ -150,7 +158,7 @@ def batch(
     try:
         with output.RowWriter(out_path, append=resume) as writer, progress:
             task = progress.add_task("scoring", total=len(items), rate="")
-            for r in _remember(_results(items, settings, mode, jobs), settings):
+            for r in _remember(_results(items, settings, mode, jobs), settings, store):
                 writer.write(r)
                 results.append(r)
                 if r.failed:
