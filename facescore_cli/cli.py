@@ -40,20 +40,38 @@ def _settings() -> Settings:
 
 
 def _resolve_via(settings: Settings, via: Optional[str]) -> str:
+    """local or queue, said in one line on stderr. auto takes the queue when Redis answers and a
+    worker is alive; queue without Redis or without a live worker is exit 2, said at once."""
+    from . import queue
+
     choice = (via or settings.via).lower()
     if choice not in ("auto", "local", "queue"):
         err.print(f"[red]--via must be auto, local or queue, not {choice!r}[/red]")
         raise typer.Exit(2)
-    if choice == "queue":
-        err.print("[red]--via queue:[/red] the Redis queue is not available in this version; use --via local")
-        raise typer.Exit(2)
-    if choice == "auto":
-        err.print("[dim]via auto: no queue worker in this version, scoring locally[/dim]")
-    return "local"
+    if choice == "local":
+        return "local"
+    last = _resolve_via.__dict__.get("last")
+    if last and last[0] is settings and last[1] == choice and time.monotonic() - last[2] < 2.0:
+        return last[3]  # asked twice for the same command: one check, one line
+    try:
+        mode, why = queue.choose_via(settings, choice)
+    except queue.ServiceUnavailable as exc:
+        err.print(f"[red]--via queue:[/red] {exc}")
+        raise typer.Exit(2) from None
+    err.print(f"[dim]{why}[/dim]", highlight=False)
+    _resolve_via.__dict__["last"] = (settings, choice, time.monotonic(), mode)
+    return mode
 
 
 def _results(items: list[pipeline.Item], settings: Settings, mode: str, jobs: int) -> Iterator[ImageResult]:
     """Results as they arrive, from the path `_resolve_via` chose."""
+    if mode == "queue":
+        from . import queue
+
+        return queue.score_items(items, settings,
+                                 warn=lambda msg: err.print(f"[yellow]warning:[/yellow] {msg}", highlight=False),
+                                 on_batch=lambda b: err.print(f"[dim]batch {b.id}: {b.jobs} job(s) queued[/dim]",
+                                                              highlight=False))
     return pipeline.score_items(items, settings, jobs)
 
 

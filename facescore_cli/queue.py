@@ -1,0 +1,602 @@
+"""BullMQ side: submit images, collect results, see which workers are alive.
+
+The wire format is the contract's (CONTRACT.md, the queue): queue `FACESCORE_QUEUE`, job name
+`score`, JSON data `{"image": base64, "filename", "store", "batch"}`, the return value is
+`ImageResult.to_data()` (plus the face embeddings, so the producer can store them). Payloads are
+JSON, never pickle, so a Node.js BullMQ producer or consumer can share the queue.
+
+Job ids derive from the image bytes and the model version, so an image submitted twice is
+scored once while its result is kept. A batch's (path, job id) list lives in Redis under the
+batch id, so `facescore results BATCH_ID` can collect it again after the client died.
+
+Known gaps of the Python `bullmq` package, designed around here: there is no
+`waitUntilFinished` (we listen with `QueueEvents` and read jobs that finished before we listened
+with one pipelined read), and `QueueEvents` stops on a connection error (we restart it and
+reconcile by reading the jobs again).
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import re
+import socket
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import redis
+import redis.asyncio as aredis
+
+from . import images
+from .config import Settings
+from .errors import ImageError, ServiceUnavailable
+from .result import ImageResult
+
+PREFIX = "bull"  # BullMQ's default key prefix: a Node producer with default options finds our queue
+JOB_NAME = "score"
+WORKER_KEY = "facescore:workers:"
+BATCH_KEY = "facescore:batch:"
+HEARTBEAT_S = 3.0
+HEARTBEAT_TTL_S = 10
+KEEP_RESULTS_S = 7 * 24 * 3600  # how long completed jobs (and batch records) stay in Redis
+KEEP_FAILED_S = 24 * 3600
+ATTEMPTS = 3  # transient failures are retried with exponential backoff from BACKOFF_MS
+BACKOFF_MS = 1000
+NO_WORKER_GRACE_S = 5.0  # how long a wait goes on with no live worker before saying so
+REDIS_GRACE_S = 60.0  # how long a wait goes on while Redis does not answer
+CHUNK_BYTES = 32 * 1024 * 1024  # addBulk in chunks so a 100k batch never sits in memory whole
+
+T = TypeVar("T")
+
+
+class QueueUnavailable(ServiceUnavailable):
+    """Redis did not answer at REDIS_URL."""
+
+
+class NoWorker(ServiceUnavailable):
+    """No `facescore worker` is alive on the queue."""
+
+
+# -- Redis connections and liveness -----------------------------------------------------------
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    return re.sub(r"//([^:@/]*):[^@/]*@", r"//\1:***@", url)
+
+
+def redis_client(settings: Settings, timeout: float = 3.0) -> redis.Redis:
+    """A plain synchronous client with short timeouts, for quick checks (never for BullMQ)."""
+    return redis.Redis.from_url(settings.redis_url, socket_connect_timeout=timeout, socket_timeout=timeout,
+                                decode_responses=True)
+
+
+def async_client(settings: Settings, timeout: float = 3.0) -> aredis.Redis:
+    return aredis.Redis.from_url(settings.redis_url, socket_connect_timeout=timeout, socket_timeout=timeout,
+                                 decode_responses=True)
+
+
+def bull_opts(settings: Settings, **extra: Any) -> dict[str, Any]:
+    """Options for a bullmq Queue/Worker/QueueEvents: each builds its own connection from the URL."""
+    return {"connection": settings.redis_url, "prefix": PREFIX, **extra}
+
+
+def ping(settings: Settings, timeout: float = 2.0) -> float:
+    """Round trip to Redis in milliseconds, or QueueUnavailable."""
+    client = redis_client(settings, timeout)
+    try:
+        start = time.perf_counter()
+        client.ping()
+        return (time.perf_counter() - start) * 1000.0
+    except redis.RedisError as exc:
+        raise QueueUnavailable(f"Redis at {_safe_url(settings.redis_url)} does not answer: {exc}") from None
+    finally:
+        client.close()
+
+
+def _parse_workers(raw: Iterable[str | None], queue: str) -> list[dict[str, Any]]:
+    out = []
+    for value in raw:
+        try:
+            info = json.loads(value) if value else None
+        except ValueError:
+            continue
+        if isinstance(info, dict) and info.get("queue") == queue:
+            out.append(info)
+    return sorted(out, key=lambda w: str(w.get("id")))
+
+
+def live_workers(settings: Settings, timeout: float = 2.0) -> list[dict[str, Any]]:
+    """The workers whose heartbeat is fresh on `settings.queue`, one dict each: id, host, pid,
+    queue, concurrency, model, started, seen, active, processed, failed.
+
+    Raises QueueUnavailable when Redis does not answer (so callers can tell "Redis down" from
+    "no worker").
+    """
+    client = redis_client(settings, timeout)
+    try:
+        keys = list(client.scan_iter(match=WORKER_KEY + "*", count=200))
+        return _parse_workers(client.mget(keys) if keys else [], settings.queue)
+    except redis.RedisError as exc:
+        raise QueueUnavailable(f"Redis at {_safe_url(settings.redis_url)} does not answer: {exc}") from None
+    finally:
+        client.close()
+
+
+async def live_workers_async(client: aredis.Redis, queue: str) -> list[dict[str, Any]]:
+    keys = [k async for k in client.scan_iter(match=WORKER_KEY + "*", count=200)]
+    return _parse_workers(await client.mget(keys) if keys else [], queue)
+
+
+def choose_via(settings: Settings, via: str) -> tuple[str, str]:
+    """("queue" | "local", one line saying why). Raises QueueUnavailable / NoWorker when
+    `via` is "queue" and the queue cannot serve."""
+    if via == "local":
+        return "local", "via local"
+    try:
+        workers = live_workers(settings)
+    except QueueUnavailable as exc:
+        if via == "queue":
+            raise
+        return "local", f"via auto: scoring locally ({exc})"
+    where = f"queue {settings.queue!r} at {_safe_url(settings.redis_url)}"
+    if not workers:
+        if via == "queue":
+            raise NoWorker(f"no live worker on {where}; start one with `facescore worker` or use --via local")
+        return "local", f"via auto: scoring locally (no live worker on {where})"
+    slots = sum(int(w.get("concurrency") or 1) for w in workers)
+    return "queue", f"via {via}: {where}, {len(workers)} worker(s), {slots} slot(s)"
+
+
+# -- job ids ----------------------------------------------------------------------------------
+
+
+def model_version(workers: list[dict[str, Any]], settings: Settings) -> str:
+    """The model the workers score with (the most common among them); without a live worker the
+    local head's version, which is what a worker started here would report."""
+    models = Counter(str(w["model"]) for w in workers if w.get("model"))
+    if models:
+        return models.most_common(1)[0][0]
+    return local_model_version(settings)
+
+
+def local_model_version(settings: Settings) -> str:
+    if not settings.use_real_ml:
+        from .ml import simulated
+
+        return simulated.MODEL
+    try:
+        from .ml.head import load_head
+
+        return str(load_head(settings.head_path).version)
+    except Exception:  # no head installed: the workers fall back the same way
+        from .ml import simulated
+
+        return simulated.MODEL
+
+
+def job_id(digest: str, model: str) -> str:
+    """Content + model version. BullMQ ids must not contain ':' nor be plain integers."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model)[:48] or "model"
+    return f"{digest}-{slug}"
+
+
+def new_batch_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:8]
+
+
+# -- batches ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Entry:
+    """One input of a batch: its job, or the error that kept it off the queue."""
+
+    path: str  # as shown in the output
+    job: str | None = None
+    error: str | None = None
+    file: str | None = None  # absolute path, to enqueue it again if Redis lost the job
+    sha256: str | None = None
+
+    def to_json(self) -> list[Any]:
+        return [self.path, self.job, self.error, self.file, self.sha256]
+
+    @classmethod
+    def from_json(cls, raw: str) -> "Entry":
+        path, job, error, file, digest = (json.loads(raw) + [None] * 5)[:5]
+        return cls(path=path, job=job, error=error, file=file, sha256=digest)
+
+
+@dataclass
+class Batch:
+    id: str
+    queue: str
+    model: str
+    entries: list[Entry] = field(default_factory=list)
+    store: bool = True
+    keep_s: int = KEEP_RESULTS_S
+
+    @property
+    def jobs(self) -> int:
+        return len({e.job for e in self.entries if e.job})
+
+
+async def _save_batch(client: aredis.Redis, batch: Batch) -> None:
+    meta, items = BATCH_KEY + batch.id, BATCH_KEY + batch.id + ":items"
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.delete(meta, items)
+        pipe.hset(meta, mapping={"queue": batch.queue, "model": batch.model, "created": str(time.time()),
+                                 "count": str(len(batch.entries)), "store": "1" if batch.store else "0"})
+        for i in range(0, len(batch.entries), 1000):
+            pipe.rpush(items, *[json.dumps(e.to_json()) for e in batch.entries[i:i + 1000]])
+        pipe.expire(meta, batch.keep_s)
+        if batch.entries:
+            pipe.expire(items, batch.keep_s)
+        await pipe.execute()
+
+
+async def load_batch(settings: Settings, batch_id: str) -> Batch:
+    """The batch record, or KeyError when Redis has no such batch (unknown id or expired)."""
+    client = async_client(settings)
+    try:
+        meta = await client.hgetall(BATCH_KEY + batch_id)
+        if not meta:
+            raise KeyError(batch_id)
+        raw = await client.lrange(BATCH_KEY + batch_id + ":items", 0, -1)
+    except redis.RedisError as exc:
+        raise QueueUnavailable(f"Redis at {_safe_url(settings.redis_url)} does not answer: {exc}") from None
+    finally:
+        await client.aclose()
+    return Batch(id=batch_id, queue=meta.get("queue", settings.queue), model=meta.get("model", ""),
+                 entries=[Entry.from_json(r) for r in raw], store=meta.get("store", "1") == "1",
+                 keep_s=int(await _ttl_or_default(settings, batch_id)))
+
+
+async def _ttl_or_default(settings: Settings, batch_id: str) -> int:
+    client = async_client(settings)
+    try:
+        ttl = await client.ttl(BATCH_KEY + batch_id)
+    finally:
+        await client.aclose()
+    return ttl if ttl and ttl > 0 else KEEP_RESULTS_S
+
+
+def _job_spec(jid: str, data: bytes, filename: str, store: bool, batch_id: str) -> dict[str, Any]:
+    return {
+        "name": JOB_NAME,
+        "data": {"image": base64.b64encode(data).decode("ascii"), "filename": filename, "store": store,
+                 "batch": batch_id},
+        "opts": {"jobId": jid, "attempts": ATTEMPTS, "backoff": {"type": "exponential", "delay": BACKOFF_MS}},
+    }
+
+
+async def _enqueue(queue: Any, client: aredis.Redis, specs: list[dict[str, Any]]) -> None:
+    """addBulk, after removing failed jobs of the same ids so they are scored again."""
+    ids = [s["opts"]["jobId"] for s in specs]
+    async with client.pipeline(transaction=False) as pipe:
+        for jid in ids:
+            pipe.hmget(f"{PREFIX}:{queue.name}:{jid}", "finishedOn", "returnvalue")
+        states = await pipe.execute()
+    for jid, (finished, returned) in zip(ids, states):
+        if finished and returned in (None, "null", ""):
+            await queue.remove(jid)
+    await queue.addBulk(specs)
+
+
+async def submit(items: Iterable[tuple[Path, str]], settings: Settings, *, store: bool = True,
+                 keep_s: int = KEEP_RESULTS_S, batch_id: str | None = None,
+                 workers: list[dict[str, Any]] | None = None) -> Batch:
+    """Read each file (size cap applied), enqueue the readable ones in bulk, record the batch.
+
+    Unreadable files and files over the cap become entries with an error, never jobs.
+    """
+    from bullmq import Queue
+
+    client = async_client(settings)
+    queue = Queue(settings.queue, bull_opts(settings))
+    try:
+        if workers is None:
+            workers = await live_workers_async(client, settings.queue)
+        batch = Batch(id=batch_id or new_batch_id(), queue=settings.queue,
+                      model=model_version(workers, settings), store=store, keep_s=keep_s)
+        specs: list[dict[str, Any]] = []
+        queued: set[str] = set()
+        size = 0
+        for path, shown in items:
+            entry = Entry(path=shown, file=str(Path(path).resolve()))
+            try:
+                data = await asyncio.to_thread(images.read_file, Path(path), settings.max_image_bytes)
+                if not data:
+                    raise ImageError("empty file")
+            except ImageError as exc:
+                entry.error = str(exc)
+                batch.entries.append(entry)
+                continue
+            entry.sha256 = images.sha256(data)
+            entry.job = job_id(entry.sha256, batch.model)
+            batch.entries.append(entry)
+            if entry.job in queued:
+                continue
+            queued.add(entry.job)
+            specs.append(_job_spec(entry.job, data, Path(shown).name, store, batch.id))
+            size += len(data)
+            if size >= CHUNK_BYTES:
+                await _enqueue(queue, client, specs)
+                specs, size = [], 0
+        if specs:
+            await _enqueue(queue, client, specs)
+        await _save_batch(client, batch)
+        return batch
+    except redis.RedisError as exc:
+        raise QueueUnavailable(f"Redis at {_safe_url(settings.redis_url)} does not answer: {exc}") from None
+    finally:
+        await queue.close()
+        await client.aclose()
+
+
+# -- collecting -------------------------------------------------------------------------------
+
+
+def _from_job(path: str, returned: Any, entry: Entry) -> ImageResult:
+    if not isinstance(returned, dict):
+        return ImageResult(path=path, error=f"the worker returned no result object: {str(returned)[:80]}",
+                           sha256=entry.sha256)
+    result = ImageResult.from_data(path, returned)
+    vectors = returned.get("embeddings")
+    if isinstance(vectors, list) and len(vectors) == len(result.faces):
+        result.embeddings = vectors
+    return result
+
+
+class _Collector:
+    """Waits for a batch's jobs: events as they come, a pipelined read of every open job at the
+    start and after any connection trouble, liveness of the workers and of Redis all along."""
+
+    def __init__(self, batch: Batch, settings: Settings, warn: Callable[[str], None],
+                 wait: bool, no_worker_grace_s: float, redis_grace_s: float) -> None:
+        self.batch = batch
+        self.settings = settings
+        self.warn = warn
+        self.wait = wait
+        self.no_worker_grace_s = no_worker_grace_s
+        self.redis_grace_s = redis_grace_s
+        self.open: dict[str, list[Entry]] = {}
+        for e in batch.entries:
+            if e.job and not e.error:
+                self.open.setdefault(e.job, []).append(e)
+        self.arrived: asyncio.Queue[tuple[str, str, Any]] = asyncio.Queue()
+        self.last_event = "0-0"
+
+    async def _read_jobs(self, client: aredis.Redis, ids: list[str]) -> list[tuple[str, str, Any]]:
+        """(job, "completed" | "failed" | "lost" | "open", value) for each id."""
+        out = []
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            async with client.pipeline(transaction=False) as pipe:
+                for jid in chunk:
+                    pipe.hmget(f"{PREFIX}:{self.batch.queue}:{jid}", "timestamp", "finishedOn", "returnvalue",
+                               "failedReason")
+                rows = await pipe.execute()
+            for jid, (stamp, finished, returned, reason) in zip(chunk, rows):
+                if stamp is None and finished is None:
+                    out.append((jid, "lost", None))
+                elif finished and returned not in (None, ""):
+                    try:
+                        out.append((jid, "completed", json.loads(returned)))
+                    except ValueError:
+                        out.append((jid, "failed", "the worker returned malformed JSON"))
+                elif finished:
+                    out.append((jid, "failed", reason or "failed"))
+                else:
+                    out.append((jid, "open", None))
+        return out
+
+    def _on_completed(self, args: dict[str, Any], entry_id: str) -> None:
+        self.last_event = entry_id
+        if args.get("jobId") in self.open:
+            self.arrived.put_nowait((args["jobId"], "completed", args.get("returnvalue")))
+
+    def _on_failed(self, args: dict[str, Any], entry_id: str) -> None:
+        self.last_event = entry_id
+        if args.get("jobId") in self.open:
+            self.arrived.put_nowait((args["jobId"], "failed", args.get("failedReason") or "failed"))
+
+    async def _last_event_id(self, client: aredis.Redis) -> str:
+        last = await client.xrevrange(f"{PREFIX}:{self.batch.queue}:events", count=1)
+        return last[0][0] if last else "0-0"
+
+    async def _requeue(self, queue: Any, lost: list[str]) -> list[tuple[str, str, Any]]:
+        """Jobs Redis no longer has (it restarted without persistence, or they expired): add them
+        again from the files, or report them."""
+        specs, gone = [], []
+        for jid in lost:
+            entry = self.open[jid][0]
+            try:
+                data = await asyncio.to_thread(images.read_file, Path(entry.file or entry.path),
+                                               self.settings.max_image_bytes)
+            except ImageError as exc:
+                gone.append((jid, "failed", f"the job was lost by Redis and the file cannot be read again: {exc}"))
+                continue
+            specs.append(_job_spec(jid, data, Path(entry.path).name, self.batch.store, self.batch.id))
+        if specs:
+            await queue.addBulk(specs)
+        return gone
+
+    def _results(self, jid: str, state: str, value: Any) -> list[ImageResult]:
+        entries = self.open.pop(jid, [])
+        if state == "completed":
+            return [_from_job(e.path, value, e) for e in entries]
+        return [ImageResult(path=e.path, error=str(value), sha256=e.sha256) for e in entries]
+
+    async def run(self) -> AsyncIterator[ImageResult]:
+        from bullmq import Queue, QueueEvents
+
+        for e in self.batch.entries:
+            if e.error:
+                yield ImageResult(path=e.path, error=e.error)
+        if not self.open:
+            return
+        client = async_client(self.settings)
+        queue = Queue(self.batch.queue, bull_opts(self.settings))
+        events: Any = None
+        need_read = True
+        redis_down_since: float | None = None
+        no_worker_since: float | None = None
+        next_check = 0.0
+        try:
+            while self.open:
+                now = time.monotonic()
+                if need_read or now >= next_check:
+                    try:
+                        if need_read:
+                            if events is not None:
+                                await events.close()
+                                events = None
+                            self.last_event = await self._last_event_id(client)
+                            events = QueueEvents(self.batch.queue, bull_opts(
+                                self.settings, lastEventId=self.last_event, blockingTimeout=2000))
+                            events.on("completed", self._on_completed)
+                            events.on("failed", self._on_failed)
+                            events.on("error", lambda *_: None)
+                            states = await self._read_jobs(client, list(self.open))
+                            lost = [j for j, s, _ in states if s == "lost"]
+                            for item in [s for s in states if s[1] in ("completed", "failed")]:
+                                self.arrived.put_nowait(item)
+                            if lost:
+                                self.warn(f"Redis lost {len(lost)} job(s) (restarted without persistence?): "
+                                          f"adding them again")
+                                for item in await self._requeue(queue, lost):
+                                    self.arrived.put_nowait(item)
+                                if not await client.exists(BATCH_KEY + self.batch.id):
+                                    await _save_batch(client, self.batch)
+                            need_read = False
+                        if not self.wait:
+                            break
+                        workers = await live_workers_async(client, self.batch.queue)
+                        redis_down_since = None
+                        if workers:
+                            no_worker_since = None
+                        elif no_worker_since is None:
+                            no_worker_since = now
+                        elif now - no_worker_since >= self.no_worker_grace_s and self.arrived.empty():
+                            raise NoWorker(f"no live worker on queue {self.batch.queue!r}")
+                        next_check = now + 1.0
+                    except (redis.RedisError, OSError) as exc:
+                        if redis_down_since is None:
+                            redis_down_since = now
+                            self.warn(f"Redis does not answer ({exc}); waiting for it to come back")
+                        elif now - redis_down_since >= self.redis_grace_s:
+                            raise QueueUnavailable(f"Redis at {_safe_url(self.settings.redis_url)} has not "
+                                                   f"answered for {self.redis_grace_s:.0f} s") from None
+                        need_read = True
+                        next_check = now + 0.5
+                        await asyncio.sleep(0.5)
+                        continue
+                    if events is not None and events._consumer_task is not None and events._consumer_task.done():
+                        need_read = True  # the events stream stopped on a connection error
+                try:
+                    jid, state, value = await asyncio.wait_for(self.arrived.get(), timeout=0.5)
+                except asyncio.TimeoutError:
+                    if events is not None and (events._consumer_task is None or events._consumer_task.done()):
+                        need_read = True
+                    continue
+                if jid not in self.open:
+                    continue
+                for result in self._results(jid, state, value):
+                    yield result
+            if not self.wait:
+                while not self.arrived.empty():
+                    jid, state, value = self.arrived.get_nowait()
+                    if jid in self.open:
+                        for result in self._results(jid, state, value):
+                            yield result
+        finally:
+            if events is not None:
+                try:
+                    await events.close()
+                except Exception:
+                    pass
+            try:
+                await queue.close()
+            except Exception:
+                pass
+            await client.aclose()
+
+    def pending(self) -> list[Entry]:
+        return [e for entries in self.open.values() for e in entries]
+
+
+async def collect(batch: Batch, settings: Settings, *, wait: bool = True, warn: Callable[[str], None] = lambda m: None,
+                  no_worker_grace_s: float = NO_WORKER_GRACE_S, redis_grace_s: float = REDIS_GRACE_S,
+                  pending: list[Entry] | None = None) -> AsyncIterator[ImageResult]:
+    """Yield one ImageResult per entry of the batch as its job finishes (each exactly once).
+
+    `wait=False` yields what has finished and stops; the rest is appended to `pending`.
+    Raises NoWorker when no worker has been alive for `no_worker_grace_s` while jobs are open,
+    QueueUnavailable when Redis stays away longer than `redis_grace_s`; in both cases the
+    unfinished entries are in `pending` and stay collectable with `facescore results`.
+    """
+    collector = _Collector(batch, settings, warn, wait, no_worker_grace_s, redis_grace_s)
+    try:
+        async for result in collector.run():
+            yield result
+    finally:
+        if pending is not None:
+            pending.extend(collector.pending())
+
+
+# -- synchronous helpers for the CLI ----------------------------------------------------------
+
+
+def iterate(agen: AsyncIterator[T]) -> Iterator[T]:
+    """Drive an async generator from synchronous code, one item at a time, in a private loop."""
+    loop = asyncio.new_event_loop()
+    try:
+        while True:
+            try:
+                yield loop.run_until_complete(agen.__anext__())  # type: ignore[attr-defined]
+            except StopAsyncIteration:
+                return
+    finally:
+        try:
+            loop.run_until_complete(agen.aclose())  # type: ignore[attr-defined]
+        except Exception:
+            pass
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def score_items(items: list[Any], settings: Settings, *, store: bool = True,
+                warn: Callable[[str], None] = lambda m: None,
+                on_batch: Callable[[Batch], None] | None = None) -> Iterator[ImageResult]:
+    """Submit `pipeline.Item`s as one batch and yield results as they arrive (the `--via queue`
+    path of `score` and `batch`). When the workers go away, the unfinished images come back as
+    error rows naming the batch id, so `facescore results` can still collect them."""
+
+    async def flow() -> AsyncIterator[ImageResult]:
+        batch = await submit(((i.path, i.display) for i in items), settings, store=store)
+        if on_batch:
+            on_batch(batch)
+        left: list[Entry] = []
+        try:
+            async for r in collect(batch, settings, warn=warn, pending=left):
+                yield r
+        except (NoWorker, QueueUnavailable) as exc:
+            for e in left:
+                yield ImageResult(path=e.path, sha256=e.sha256,
+                                  error=f"{exc}; still queued: collect with `facescore results {batch.id}`")
+
+    return iterate(flow())
+
+
+def hostname() -> str:
+    return socket.gethostname()

@@ -1,0 +1,264 @@
+"""The worker loop: take `score` jobs from the BullMQ queue, score them in a process pool, return
+`ImageResult.to_data()`.
+
+Lifecycle, in one place: `start` (process pool with the models loaded once per process, the
+BullMQ worker, the heartbeat), `process` (one job: validate, score off the event loop, log one
+JSON line), `stop` (on SIGINT/SIGTERM: take no new job, finish in-flight ones within the grace
+period, then release the rest to BullMQ's stalled-job check).
+
+Inference never runs on the event loop, so the lock renewal and the heartbeat keep their time
+whatever the models do.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import os
+import signal
+import sys
+import time
+import uuid
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from . import pipeline, queue
+from .config import Settings
+from .result import NO_FACE
+
+DEFAULT_LOCK_MS = 30_000
+DEFAULT_STALLED_MS = 30_000
+DEFAULT_GRACE_S = 30.0
+
+
+# -- in the pool processes --------------------------------------------------------------------
+
+
+def _init_process(settings: Settings) -> None:
+    # Ctrl-C reaches the whole process group; the parent decides when the children stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    pipeline._init_process(settings)
+
+
+def _model_version() -> str:
+    scorer = pipeline._scorer
+    assert scorer is not None, "process not initialised"
+    return queue.local_model_version(scorer.settings)
+
+
+def _score_job(image_b64: str, filename: str, max_bytes: int) -> dict[str, Any]:
+    """Decode and score one job's image. Returns {"kind": "ok" | "image" | "failed", ...}."""
+    scorer = pipeline._scorer
+    assert scorer is not None, "process not initialised"
+    image_b64 = image_b64.strip()
+    if image_b64.startswith("data:") and "," in image_b64:  # a data URL, as browsers send them
+        image_b64 = image_b64.split(",", 1)[1]
+    if len(image_b64) // 4 * 3 > max_bytes + 3:
+        mb = len(image_b64) // 4 * 3 / (1024 * 1024)
+        return {"kind": "image", "error": f"image is {mb:.1f} MB, over the {max_bytes / (1024 * 1024):.1f} MB cap"}
+    try:
+        data = base64.b64decode(image_b64, validate=True)
+    except (binascii.Error, ValueError):
+        return {"kind": "image", "error": "job data 'image' is not valid base64"}
+    result = scorer.score_bytes(data, filename)
+    if result.error and result.width is None:  # refused before any pixel was decoded: the input's fault
+        return {"kind": "image", "error": result.error, "sha256": result.sha256}
+    if result.failed:
+        return {"kind": "failed", "error": result.error, "sha256": result.sha256}
+    out = result.to_data()
+    out["embeddings"] = result.embeddings or []
+    if result.error == NO_FACE:
+        out["error"] = NO_FACE
+    return {"kind": "ok", "data": out, "ms": result.elapsed_ms}
+
+
+# -- the worker -------------------------------------------------------------------------------
+
+
+class TransientError(Exception):
+    """Worth another attempt (BullMQ retries it with exponential backoff)."""
+
+
+@dataclass
+class FaceWorker:
+    settings: Settings
+    concurrency: int = field(default_factory=pipeline.default_jobs)
+    lock_ms: int = DEFAULT_LOCK_MS
+    stalled_ms: int = DEFAULT_STALLED_MS
+    keep_results_s: int = queue.KEEP_RESULTS_S
+    grace_s: float = DEFAULT_GRACE_S
+    log: IO[str] = field(default_factory=lambda: sys.stdout)
+    id: str = field(default_factory=lambda: f"{queue.hostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+
+    def __post_init__(self) -> None:
+        self.model = ""
+        self.active = 0
+        self.processed = 0
+        self.failed = 0
+        self.started = time.time()
+        self._pool: ProcessPoolExecutor | None = None
+        self._bull: Any = None
+        self._stop = asyncio.Event()
+        self._redis: Any = None
+
+    # lifecycle ---------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Start, serve until SIGINT/SIGTERM, stop. The one entry point."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._stop.set)
+        heartbeat = asyncio.create_task(self._heartbeat())
+        try:
+            await self._stop.wait()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            await self.stop()
+            heartbeat.cancel()
+            await asyncio.gather(heartbeat, return_exceptions=True)
+            await self._forget_heartbeat()
+
+    async def start(self) -> None:
+        from bullmq import Worker
+
+        self._pool = self._new_pool()
+        loop = asyncio.get_running_loop()
+        # Loads the models in every process before the first job is taken.
+        versions = await asyncio.gather(*[loop.run_in_executor(self._pool, _model_version)
+                                          for _ in range(self.concurrency)])
+        self.model = versions[0]
+        self._redis = queue.async_client(self.settings)
+        await self._beat()
+        self._bull = Worker(self.settings.queue, self.process, queue.bull_opts(
+            self.settings,
+            concurrency=self.concurrency,
+            lockDuration=self.lock_ms,
+            stalledInterval=self.stalled_ms,
+            maxStalledCount=2,
+            runRetryDelay=1000,  # after a lost connection, try again soon (the default is 15 s)
+            removeOnComplete={"age": self.keep_results_s},
+            removeOnFail={"age": queue.KEEP_FAILED_S},
+            name=self.id,
+        ))
+        self._bull.on("error", lambda err, *a: self._log("error", error=f"{type(err).__name__}: {err}"))
+        self._bull.on("stalled", lambda jid, *a: self._log("stalled", job=jid))
+        self._log("started", concurrency=self.concurrency, model=self.model, queue=self.settings.queue,
+                  redis=queue._safe_url(self.settings.redis_url), lock_ms=self.lock_ms, stalled_ms=self.stalled_ms)
+
+    def stop_soon(self) -> None:
+        self._stop.set()
+
+    async def stop(self) -> None:
+        """Take no new job; finish in-flight ones within the grace period; release the rest."""
+        self._log("stopping", active=self.active, grace_s=self.grace_s)
+        if self._bull is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._bull.close()), timeout=self.grace_s)
+            except asyncio.TimeoutError:
+                # Their locks expire and BullMQ's stalled-job check hands them to another worker.
+                self._log("released", active=self.active)
+                try:
+                    await asyncio.wait_for(self._bull.close(force=True), timeout=5)
+                except Exception:
+                    pass
+        if self._pool is not None:
+            procs = list((getattr(self._pool, "_processes", None) or {}).values())
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            for proc in procs:
+                if proc.is_alive():
+                    proc.terminate()
+        self._log("stopped", processed=self.processed, failed=self.failed)
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=self.concurrency, initializer=_init_process,
+                                   initargs=(self.settings,))
+
+    # one job -----------------------------------------------------------------------------------
+
+    async def process(self, job: Any, token: str) -> dict[str, Any]:
+        from bullmq import UnrecoverableError
+
+        start = time.perf_counter()
+        self.active += 1
+        info: dict[str, Any] = {"job": job.id, "attempt": job.attemptsMade + 1,
+                                "filename": (job.data or {}).get("filename") if isinstance(job.data, dict) else None}
+        try:
+            image, filename = self._validate(job)
+            try:
+                out = await asyncio.get_running_loop().run_in_executor(
+                    self._pool, _score_job, image, filename, self.settings.max_image_bytes)
+            except BrokenProcessPool:
+                self._pool = self._new_pool()
+                raise TransientError("a scoring process died on this job") from None
+            if out["kind"] == "image":
+                raise UnrecoverableError(out["error"])
+            if out["kind"] == "failed":
+                raise TransientError(out["error"])
+            data = out["data"]
+            self.processed += 1
+            self._log("completed", **info, ms=_ms(start), faces=len(data["faces"]), score=data["score"],
+                      vibe=data["vibe"], source=data["source"], model=data["model"])
+            return data
+        except Exception as exc:
+            self.failed += 1
+            final = isinstance(exc, UnrecoverableError) or job.attemptsMade + 1 >= int(job.opts.get("attempts") or 1)
+            self._log("failed" if final else "retrying", **info, ms=_ms(start), error=str(exc))
+            raise
+        finally:
+            self.active -= 1
+
+    def _validate(self, job: Any) -> tuple[str, str]:
+        from bullmq import UnrecoverableError
+
+        if job.name != queue.JOB_NAME:
+            raise UnrecoverableError(f"unknown job name {job.name!r} (this worker runs {queue.JOB_NAME!r} jobs)")
+        data = job.data
+        if not isinstance(data, dict) or not isinstance(data.get("image"), str) or not data["image"]:
+            raise UnrecoverableError('job data must be a JSON object with "image": a base64 string')
+        filename = data.get("filename")
+        return data["image"], filename if isinstance(filename, str) else ""
+
+    # liveness ----------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return {"id": self.id, "host": queue.hostname(), "pid": os.getpid(), "queue": self.settings.queue,
+                "concurrency": self.concurrency, "model": self.model, "started": self.started,
+                "seen": time.time(), "active": self.active, "processed": self.processed, "failed": self.failed}
+
+    async def _beat(self) -> None:
+        await self._redis.set(queue.WORKER_KEY + self.id, json.dumps(self.status()), ex=queue.HEARTBEAT_TTL_S)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            try:
+                await self._beat()
+            except Exception as exc:  # Redis away: the key expires; it comes back with Redis
+                self._log("heartbeat", error=f"{type(exc).__name__}: {exc}")
+            await asyncio.sleep(queue.HEARTBEAT_S)
+
+    async def _forget_heartbeat(self) -> None:
+        if self._redis is None:
+            return
+        try:
+            await self._redis.delete(queue.WORKER_KEY + self.id)
+        except Exception:
+            pass
+        await self._redis.aclose()
+
+    def _log(self, event: str, **fields: Any) -> None:
+        line = {"ts": round(time.time(), 3), "event": event, "worker": self.id, **fields}
+        self.log.write(json.dumps(line, default=str) + "\n")
+        self.log.flush()
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000.0, 1)
+
+
+def serve(worker: FaceWorker) -> None:
+    asyncio.run(worker.run())
