@@ -11,6 +11,7 @@ gets `StoreLocked`, whose message names the fix.
 """
 from __future__ import annotations
 
+import bisect
 import logging
 import re
 import uuid
@@ -122,6 +123,10 @@ class FaceStore:
         self.where = where
         self.embedded = embedded
         self._ready: set[str] = set()
+        # Embedded mode only: collection -> (point id -> score, the scores sorted). Counting with a
+        # filter there is a Python loop over every point (~1 s per rank at 50k faces); the one
+        # process that holds the store makes every write, so a copy of the scores stays exact.
+        self._scores: dict[str, tuple[dict[str, float], list[float]]] = {}
 
     @classmethod
     def open(cls, settings: Settings) -> "FaceStore":
@@ -173,7 +178,13 @@ class FaceStore:
 
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
         try:
-            return fn()
+            if not self.embedded:
+                return fn()
+            with warnings.catch_warnings():
+                # "local mode is not recommended past 20,000 points", on every write past it:
+                # the README says so once, and a batch run must not repeat it per image
+                warnings.simplefilter("ignore", UserWarning)
+                return fn()
         except StoreUnavailable:
             raise
         except Exception as exc:
@@ -237,6 +248,14 @@ class FaceStore:
             for i, (f, vec) in enumerate(zip(result.faces, result.embeddings))
         ]
         self._call("store faces", lambda: self.client.upsert(name, points=points, wait=True))
+        if name in self._scores:
+            by_id, ordered = self._scores[name]
+            for p in points:
+                old = by_id.get(str(p.id))
+                if old is not None:
+                    del ordered[bisect.bisect_left(ordered, old)]
+                by_id[str(p.id)] = p.payload["score"]
+                bisect.insort(ordered, p.payload["score"])
         return len(points)
 
     def rank(self, model: str, score: float, excluding_self: bool = True) -> float | None:
@@ -245,22 +264,38 @@ class FaceStore:
         With `excluding_self` the face being ranked is already stored with this score and is
         left out of the population (so ranking is the same however often an image is scored).
         """
-        from qdrant_client import models
-
         name = collection_name(model)
         if not self._call("rank", lambda: self.client.collection_exists(name)):
             return None
+        total, below, at = (self._counts_in_memory if self.embedded else self._counts)(name, score)
+        if excluding_self:
+            total, at = total - 1, max(0, at - 1)
+        return percentile(below, at, total)
+
+    def _counts(self, name: str, score: float) -> tuple[int, int, int]:
+        """(all, below, equal) by counting with range filters on the indexed `score` payload."""
+        from qdrant_client import models
 
         def n(rng: models.Range | None) -> int:
             flt = None if rng is None else models.Filter(must=[models.FieldCondition(key="score", range=rng)])
             return self._call("rank", lambda: self.client.count(name, count_filter=flt, exact=True).count)
 
-        total = n(None)
-        below = n(models.Range(lt=score))
-        at = n(models.Range(gte=score, lte=score))
-        if excluding_self:
-            total, at = total - 1, max(0, at - 1)
-        return percentile(below, at, total)
+        return n(None), n(models.Range(lt=score)), n(models.Range(gte=score, lte=score))
+
+    def _counts_in_memory(self, name: str, score: float) -> tuple[int, int, int]:
+        if name not in self._scores:
+            by_id: dict[str, float] = {}
+            offset = None
+            while True:
+                page, offset = self._call("rank", lambda: self.client.scroll(
+                    name, limit=100_000, offset=offset, with_payload=["score"], with_vectors=False))
+                by_id.update((str(p.id), float((p.payload or {}).get("score", 0.0))) for p in page)
+                if offset is None:
+                    break
+            self._scores[name] = (by_id, sorted(by_id.values()))
+        ordered = self._scores[name][1]
+        lo, hi = bisect.bisect_left(ordered, score), bisect.bisect_right(ordered, score)
+        return len(ordered), lo, hi - lo
 
     def remember(self, result: ImageResult) -> bool:
         """Store a result's faces, then set each face's `store_rank`. False when not storable."""
@@ -285,6 +320,7 @@ class FaceStore:
                     self._call("delete faces", lambda: self.client.delete(
                         name, points_selector=models.FilterSelector(filter=flt), wait=True))
                     removed[digest] += n
+                    self._scores.pop(name, None)
         return removed
 
     def forget_all(self) -> int:
@@ -294,6 +330,7 @@ class FaceStore:
             total += self._call("count", lambda: self.client.count(name, exact=True).count)
             self._call("delete a collection", lambda: self.client.delete_collection(name))
             self._ready.discard(name)
+            self._scores.pop(name, None)
         return total
 
     # -- reading ----------------------------------------------------------------------------
