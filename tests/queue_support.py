@@ -1,0 +1,134 @@
+"""Helpers for the queue tests: real `facescore worker` processes, small real face images, the
+environment a CLI subprocess runs with."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from PIL import Image
+
+from facescore_cli import queue
+from facescore_cli.config import Settings
+
+CLI = [sys.executable, "-m", "facescore_cli"]
+
+
+def real_ml_available() -> bool:
+    """The scoring head has landed: test with the real models, with no silent simulated fallback."""
+    try:
+        from facescore_cli.ml.head import load_head
+
+        load_head()
+        return True
+    except Exception:
+        return False
+
+
+def base_env(redis_url: str, home: Path, queue_name: str | None = None, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FACESCORE_", "FACE_", "QDRANT_"))
+           and k not in ("REDIS_URL", "USE_REAL_ML", "FALLBACK_TO_SIMULATED", "FALLBACK_TO_LOCAL")}
+    env.update(REDIS_URL=redis_url, FACESCORE_HOME=str(home),
+               FACESCORE_QUEUE=queue_name or f"test-{uuid.uuid4().hex[:8]}", PYTHONUNBUFFERED="1")
+    if real_ml_available():
+        env.update(USE_REAL_ML="true", FALLBACK_TO_SIMULATED="false")
+    else:
+        env.update(USE_REAL_ML="false")
+    env.update(extra)
+    return env
+
+
+def settings_for(env: dict[str, str]) -> Settings:
+    return Settings.load(environ=env, dotenv=None)
+
+
+class WorkerProc:
+    """One `facescore worker` subprocess; its JSON log lines are read from a file."""
+
+    def __init__(self, env: dict[str, str], log: Path, concurrency: int = 1, lock_ms: int = 2000,
+                 stalled_ms: int = 1000, grace: float = 10.0) -> None:
+        self.env = env
+        self.log = log
+        self.fh = log.open("w")
+        self.proc = subprocess.Popen(
+            CLI + ["worker", "--concurrency", str(concurrency), "--lock-duration", str(lock_ms),
+                   "--stalled-interval", str(stalled_ms), "--grace", str(grace)],
+            env=env, stdout=self.fh, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def lines(self) -> list[dict]:
+        out = []
+        for line in self.log.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+        return out
+
+    def events(self, name: str) -> list[dict]:
+        return [line for line in self.lines() if line.get("event") == name]
+
+    def wait_started(self, timeout: float = 60.0) -> "WorkerProc":
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.events("started"):
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+            time.sleep(0.1)
+        raise TimeoutError(f"worker did not start: {self.log.read_text()[-2000:]}")
+
+    def kill9(self) -> None:
+        """A crash: the main process dies at once, holding its jobs' locks."""
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(20)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        else:  # its pool processes may outlive a SIGKILL of the parent
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.fh.close()
+
+
+def wait_live(env: dict[str, str], n: int = 1, timeout: float = 30.0) -> list[dict]:
+    settings = settings_for(env)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        workers = queue.live_workers(settings)
+        if len(workers) >= n:
+            return workers
+        time.sleep(0.1)
+    raise TimeoutError(f"fewer than {n} live worker(s)")
+
+
+def small_faces(omi: Path, out: Path, n: int, side: int = 256) -> list[Path]:
+    """`n` real OMI face photos scaled to `side` px (fast to score, still one real face each)."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for src in sorted((omi / "images").glob("*.jpg"), key=lambda p: int(p.stem))[:n]:
+        dst = out / f"omi-{src.stem}.jpg"
+        with Image.open(src) as im:
+            im = im.convert("RGB")
+            im.thumbnail((side, side))
+            im.save(dst, quality=90)
+        paths.append(dst)
+    return paths
+
+
+def run_cli(args: list[str], env: dict[str, str], timeout: float = 120.0, cwd: Path | None = None
+            ) -> subprocess.CompletedProcess:
+    return subprocess.run(CLI + args, env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)

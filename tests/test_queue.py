@@ -1,0 +1,136 @@
+"""The producers: --via auto|queue, submit/results, dedup by content, bad inputs at submit, and
+saying so quickly when nothing can serve. Real redis-server, real `facescore worker` processes."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port
+from facescore_cli import queue
+from queue_support import WorkerProc, base_env, real_ml_available, run_cli, settings_for, wait_live
+
+
+@pytest.fixture()
+def folder(tmp_path: Path, portrait: Path, group_photo: Path) -> Path:
+    d = tmp_path / "in"
+    d.mkdir()
+    shutil.copy(portrait, d / "portrait.jpg")
+    shutil.copy(portrait, d / "same-bytes.jpg")  # same content: one job, two rows
+    shutil.copy(group_photo, d / "group.jpg")
+    (d / "broken.jpg").write_bytes(b"not a jpeg at all")
+    return d
+
+
+def test_via_auto_says_which_and_picks_local_then_queue(redis_server, portrait, tmp_path):
+    env = base_env(redis_server.url, tmp_path / "home")
+    res = run_cli(["score", str(portrait), "--via", "auto", "--json", "--no-store"], env)
+    assert res.returncode == 0, res.stderr
+    assert "via auto: scoring locally (no live worker" in res.stderr
+    assert res.stderr.count("via auto") == 1
+    local = json.loads(res.stdout)
+
+    down = base_env(f"redis://127.0.0.1:{free_port()}", tmp_path / "home")
+    start = time.monotonic()
+    res = run_cli(["score", str(portrait), "--via", "auto", "--json", "--no-store"], down)
+    assert res.returncode == 0 and "scoring locally" in res.stderr and "does not answer" in res.stderr
+    assert time.monotonic() - start < 15
+
+    w = WorkerProc(env, tmp_path / "w.log")
+    try:
+        w.wait_started()
+        wait_live(env)
+        res = run_cli(["score", str(portrait), "--via", "auto", "--json", "--no-store"], env)
+        assert res.returncode == 0, res.stderr
+        assert "via auto: queue" in res.stderr and res.stderr.count("via auto") == 1
+        queued = json.loads(res.stdout)
+        assert w.events("completed")  # the worker scored it
+        assert [(r["score"], r["vibe"], r["rank"]) for r in queued] == [(r["score"], r["vibe"], r["rank"]) for r in local]
+        assert queued[0]["path"] == str(portrait)
+    finally:
+        w.stop()
+
+
+def test_via_queue_without_worker_or_redis_fails_fast(redis_server, portrait, tmp_path):
+    env = base_env(redis_server.url, tmp_path / "home")
+    start = time.monotonic()
+    res = run_cli(["score", str(portrait), "--via", "queue"], env)
+    assert res.returncode == 2 and "no live worker" in res.stderr
+    down = base_env(f"redis://127.0.0.1:{free_port()}", tmp_path / "home")
+    res = run_cli(["batch", str(portrait), "--out", str(tmp_path / "r.csv"), "--via", "queue"], down)
+    assert res.returncode == 2 and "does not answer" in res.stderr
+    assert time.monotonic() - start < 20
+
+
+def test_submit_then_results_later_with_dedup_and_bad_inputs(redis_server, folder, tmp_path):
+    cap = max(p.stat().st_size for p in folder.iterdir()) + 1
+    env = base_env(redis_server.url, tmp_path / "home", FACESCORE_MAX_IMAGE_BYTES=str(cap))
+    big = folder / "huge.png"
+    big.write_bytes(b"\x89PNG" + b"\0" * cap)
+    # No worker yet: submit returns at once with the id; results --wait says so within seconds.
+    res = run_cli(["submit", str(folder), "--json"], env)
+    assert res.returncode == 1, res.stderr  # one input could not be queued
+    sub = json.loads(res.stdout)
+    assert sub["inputs"] == 5 and sub["jobs"] == 3  # portrait twice -> one job; huge.png not queued
+    assert [e["path"] for e in sub["errors"]] == [str(big)] and "cap" in sub["errors"][0]["error"]
+    assert "no live worker" in res.stderr
+
+    start = time.monotonic()
+    res = run_cli(["results", sub["batch"], "--wait"], env)
+    assert res.returncode == 1 and "no live worker" in res.stderr and "still queued" in res.stderr
+    assert time.monotonic() - start < 20
+
+    w = WorkerProc(env, tmp_path / "w.log", concurrency=2)
+    try:
+        w.wait_started()
+        out = tmp_path / "results.csv"
+        res = run_cli(["results", sub["batch"], "--wait", "--out", str(out)], env)
+        assert res.returncode == 1, res.stderr  # broken.jpg and huge.png failed
+        rows = list(csv.DictReader(out.open()))
+        by_path = {}
+        for r in rows:
+            by_path.setdefault(Path(r["path"]).name, []).append(r)
+        assert sorted(by_path) == ["broken.jpg", "group.jpg", "huge.png", "portrait.jpg", "same-bytes.jpg"]
+        assert "not an image" in by_path["broken.jpg"][0]["error"]
+        assert "cap" in by_path["huge.png"][0]["error"]
+        assert by_path["portrait.jpg"][0]["score"] == by_path["same-bytes.jpg"][0]["score"] != ""
+        assert len(by_path["group.jpg"]) >= (2 if real_ml_available() else 1)  # one row per face
+        first = len(w.events("completed")) + len(w.events("failed"))
+        assert first == 3
+
+        # Collect again, as JSON: same answers, nothing scored again.
+        res = run_cli(["results", sub["batch"], "--json"], env)
+        again = {Path(r["path"]).name: r for r in json.loads(res.stdout)}
+        assert again["portrait.jpg"]["score"] == float(by_path["portrait.jpg"][0]["score"])
+        # The same images in a new batch: served from the kept results.
+        res = run_cli(["batch", str(folder), "--out", str(tmp_path / "b.jsonl"), "--via", "queue", "--no-store"], env)
+        assert res.returncode == 1
+        assert len((tmp_path / "b.jsonl").read_text().splitlines()) == len(rows)
+        completed = len(w.events("completed"))
+        assert completed == 2  # portrait + group, once each; broken.jpg fails again at once
+    finally:
+        w.stop()
+
+
+def test_results_of_an_unknown_batch(redis_server, tmp_path):
+    env = base_env(redis_server.url, tmp_path / "home")
+    res = run_cli(["results", "nope"], env)
+    assert res.returncode == 2 and "no batch" in res.stderr
+
+
+def test_live_workers_and_choose_via(redis_server, tmp_path):
+    env = base_env(redis_server.url, tmp_path / "home")
+    settings = settings_for(env)
+    assert queue.live_workers(settings) == []
+    assert queue.choose_via(settings, "auto")[0] == "local"
+    with pytest.raises(queue.NoWorker):
+        queue.choose_via(settings, "queue")
+    down = settings_for(base_env(f"redis://:secret@127.0.0.1:{free_port()}", tmp_path / "home"))
+    with pytest.raises(queue.QueueUnavailable) as info:
+        queue.live_workers(down)
+    assert "secret" not in str(info.value)  # the password never reaches a message
+    assert queue.job_id("ab" * 32, "head v1:2") == "ab" * 32 + "-head_v1_2"
