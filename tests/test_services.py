@@ -1,0 +1,279 @@
+"""The detection and embedding services, as real processes on free ports (CONTRACT.md, the ML services)."""
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import EXAMPLES, free_port
+
+from facescore_cli import images
+from facescore_cli.cli import app
+from facescore_cli.ml.detect import detect
+from facescore_cli.ml.embed import embed
+from facescore_cli.ml.types import Face
+
+TOKEN = "t0ken-for-tests"
+IMAGE_LIMIT = 600_000  # FACESCORE_MAX_IMAGE_BYTES for the services here; the body limit follows from it
+BODY_LIMIT = IMAGE_LIMIT * 4 // 3 + 1024 * 1024
+
+
+class Service:
+    """`python -m facescore_cli serve KIND --port P` as a subprocess, ready once /health answers."""
+
+    def __init__(self, kind: str, env: dict[str, str] | None = None, token: str | None = None) -> None:
+        self.kind = kind
+        self.port = free_port()
+        self.token = token
+        self.env = {**os.environ, "FACESCORE_SERVICE_THREADS": "2", **(env or {})}
+        for name in ("FACESCORE_SERVICE_TOKEN", "FACE_DETECTION_SERVICE", "FACE_EMBEDDING_SERVICE"):
+            self.env.pop(name, None)
+        if token:
+            self.env["FACESCORE_SERVICE_TOKEN"] = token
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def start(self, timeout: float = 30.0) -> "Service":
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "facescore_cli", "serve", self.kind, "--port", str(self.port), "--log-level", "warning"],
+            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.kind} service exited: {self.proc.stderr.read().decode()[-2000:]}")
+            try:
+                if httpx.get(self.url + "/health", headers=self.headers, timeout=1.0).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise TimeoutError(f"{self.kind} service did not answer /health within {timeout} s")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def log(self) -> str:
+        assert self.proc is not None
+        self.stop()
+        return self.proc.stderr.read().decode() if self.proc.stderr else ""
+
+
+def start_pair(env: dict[str, str] | None = None, token: str | None = None) -> tuple[Service, Service]:
+    """Both services, started side by side."""
+    det, emb = Service("detection", env, token), Service("embedding", env, token)
+    with ThreadPoolExecutor(2) as pool:
+        for f in [pool.submit(det.start), pool.submit(emb.start)]:
+            f.result()
+    return det, emb
+
+
+@pytest.fixture(scope="module")
+def pair():
+    det, emb = start_pair({"FACESCORE_MAX_IMAGE_BYTES": str(IMAGE_LIMIT)}, token=TOKEN)
+    yield det, emb
+    det.stop()
+    emb.stop()
+
+
+@pytest.fixture(scope="module")
+def group_bytes() -> bytes:
+    return (EXAMPLES / "group.jpg").read_bytes()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+# --- health, OpenAPI ------------------------------------------------------------------------
+
+def test_health_names_model_and_version(pair):
+    det, emb = pair
+    for svc, model in ((det, "mtcnn"), (emb, "resnet")):
+        r = httpx.get(svc.url + "/health", headers=svc.headers)
+        assert r.status_code == 200
+        body = r.json()
+        assert body["status"] == "ok" and model in body["model"] and body["version"]
+
+
+def test_openapi_documents_are_valid(pair):
+    from openapi_spec_validator import validate
+
+    for svc, path in zip(pair, ("/detect", "/embed")):
+        r = httpx.get(svc.url + "/openapi.json")  # public: no token needed to read the contract
+        assert r.status_code == 200
+        doc = r.json()
+        validate(doc)
+        assert {"/health", path} <= set(doc["paths"])
+        op = doc["paths"][path]["post"]
+        assert {"401", "413", "422"} <= set(op["responses"])
+        assert "application/json" in op["requestBody"]["content"]
+    detect_body = httpx.get(pair[0].url + "/openapi.json").json()["paths"]["/detect"]["post"]["requestBody"]
+    assert "image/jpeg" in detect_body["content"]
+
+
+# --- /detect and /embed: the same models as local scoring ------------------------------------
+
+def test_detect_raw_and_json_match_local_detection(pair, group_bytes):
+    det, _ = pair
+    raw = httpx.post(det.url + "/detect", content=group_bytes, headers={**det.headers, "Content-Type": "image/jpeg"},
+                     timeout=30)
+    assert raw.status_code == 200, raw.text
+    body = raw.json()
+    image = images.decode(group_bytes)
+    assert (body["width"], body["height"]) == (image.width, image.height) == (1600, 1200)
+    local = [f.to_json() for f in detect(image)]
+    assert len(local) == 5
+    assert body["faces"] == local
+    js = httpx.post(det.url + "/detect", json={"image": _b64(group_bytes)}, headers=det.headers, timeout=30)
+    assert js.status_code == 200
+    assert js.json()["faces"] == local
+
+
+def test_embed_matches_local_embedding(pair, group_bytes):
+    _, emb = pair
+    image = images.decode(group_bytes)
+    faces = [f.to_json() for f in detect(image)]
+    r = httpx.post(emb.url + "/embed", json={"image": _b64(group_bytes), "faces": faces}, headers=emb.headers, timeout=30)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["dim"] == 128 and body["model"] == "dlib_face_recognition_resnet_model_v1"
+    vectors = np.asarray(body["embeddings"], dtype=np.float32)
+    assert vectors.shape == (5, 128)
+    expected = embed(image, [Face.from_json(f) for f in faces])
+    np.testing.assert_allclose(vectors, expected, atol=1e-6)
+
+
+def test_embed_with_no_faces_is_an_empty_list(pair, group_bytes):
+    _, emb = pair
+    r = httpx.post(emb.url + "/embed", json={"image": _b64(group_bytes), "faces": []}, headers=emb.headers)
+    assert r.status_code == 200 and r.json()["embeddings"] == []
+
+
+def test_concurrent_requests_get_the_same_answers(pair, group_bytes):
+    """Inference runs in a thread pool; the ResNet is not shared by two threads at once."""
+    det, emb = pair
+    faces = httpx.post(det.url + "/detect", content=group_bytes, timeout=30,
+                       headers={**det.headers, "Content-Type": "image/jpeg"}).json()["faces"]
+    body = {"image": _b64(group_bytes), "faces": faces}
+
+    def one(_: int) -> list:
+        return httpx.post(emb.url + "/embed", json=body, headers=emb.headers, timeout=60).json()["embeddings"]
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(one, range(4)))
+    for a in answers[1:]:
+        np.testing.assert_allclose(np.asarray(a), np.asarray(answers[0]), atol=1e-6)
+
+
+# --- refusals -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}])
+def test_missing_or_wrong_token_is_401(pair, group_bytes, headers):
+    det, emb = pair
+    assert httpx.get(det.url + "/health", headers=headers).status_code == 401
+    r = httpx.post(det.url + "/detect", content=group_bytes, headers={**headers, "Content-Type": "image/jpeg"})
+    assert r.status_code == 401
+    assert r.headers["www-authenticate"] == "Bearer"
+    assert httpx.post(emb.url + "/embed", json={"image": "", "faces": []}, headers=headers).status_code == 401
+
+
+def test_body_over_the_limit_is_413_by_content_length(pair):
+    det, _ = pair
+    r = httpx.post(det.url + "/detect", content=b"\xff" * (BODY_LIMIT + 1),
+                   headers={**det.headers, "Content-Type": "image/jpeg"})
+    assert r.status_code == 413
+    assert "limit" in r.json()["detail"]
+
+
+def test_body_over_the_limit_is_413_when_streamed_without_length(pair):
+    det, _ = pair
+
+    def chunks():
+        for _ in range(BODY_LIMIT // 65536 + 2):
+            yield b"\xff" * 65536
+
+    r = httpx.post(det.url + "/detect", content=chunks(), headers={**det.headers, "Content-Type": "image/jpeg"})
+    assert "content-length" not in r.request.headers  # chunked: only the bytes received can tell
+    assert r.status_code == 413
+
+
+def test_image_over_the_limit_inside_json_is_413(pair):
+    _, emb = pair
+    big = b"\xff" * (IMAGE_LIMIT + 1)
+    r = httpx.post(emb.url + "/embed", json={"image": _b64(big), "faces": []}, headers=emb.headers)
+    assert r.status_code == 413
+
+
+@pytest.mark.parametrize("body,ctype", [
+    (b"not an image at all", "image/jpeg"),
+    ((EXAMPLES / "group.jpg").read_bytes()[:2000], "image/jpeg"),  # truncated JPEG
+    (b'{"image": "%%% not base64"}', "application/json"),
+    (b'{"image": ', "application/json"),
+    (b'{"picture": "abc"}', "application/json"),
+])
+def test_bad_image_or_json_is_422(pair, body, ctype):
+    det, _ = pair
+    r = httpx.post(det.url + "/detect", content=body, headers={**det.headers, "Content-Type": ctype})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"]
+
+
+def test_bad_faces_are_422(pair, group_bytes):
+    _, emb = pair
+    for faces in ([{"box": [1, 2, 3]}], "nope", [{"box": [1, 2, 3, 4], "landmarks": [[1, 2]]}]):
+        r = httpx.post(emb.url + "/embed", json={"image": _b64(group_bytes), "faces": faces}, headers=emb.headers)
+        assert r.status_code == 422, (faces, r.text)
+
+
+def test_other_content_types_are_415(pair):
+    det, _ = pair
+    r = httpx.post(det.url + "/detect", content=b"hello", headers={**det.headers, "Content-Type": "text/plain"})
+    assert r.status_code == 415
+
+
+def test_one_log_line_per_request(group_bytes):
+    det = Service("detection").start()
+    try:
+        for _ in range(3):
+            httpx.post(det.url + "/detect", content=b"junk", headers={"Content-Type": "image/png"})
+    finally:
+        log = det.log()
+    lines = [line for line in log.splitlines() if "POST /detect" in line]
+    assert len(lines) == 3, log
+    assert all(" 422 " in line for line in lines)
+
+
+def test_serve_help_shows_loopback_and_default_ports():
+    runner = CliRunner()
+    for kind, port in (("detection", "8001"), ("embedding", "8002")):
+        result = runner.invoke(app, ["serve", kind, "--help"], terminal_width=200)
+        assert result.exit_code == 0, result.output
+        assert "127.0.0.1" in result.output and port in result.output
+
+
+def test_serve_refuses_a_broken_configuration(clean_env, monkeypatch):
+    monkeypatch.setenv("ML_SERVICE_TIMEOUT", "soon")
+    result = CliRunner().invoke(app, ["serve", "detection", "--port", "1"])
+    assert result.exit_code == 2
+    assert "ML_SERVICE_TIMEOUT" in result.output
