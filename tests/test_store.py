@@ -102,6 +102,10 @@ def test_ranks_are_percentiles_that_move_the_right_way(clean_env: Path, embedded
         assert store.count("test-head 1") == 9  # re-remembering replaced, never added
     with FaceStore.open(Settings.load()) as store:  # a new run reads the same ranks from disk
         assert store.rank("test-head 1", 50.0) == 56.2
+        # The server's way (filtered counts) and the embedded copy of the scores agree.
+        name = collection_name("test-head 1")
+        for score in (0.0, 10.0, 39.9, 40.0, 50.0, 65.0, 80.0, 99.0):
+            assert store._counts(name, score) == store._counts_in_memory(name, score)
 
 
 def test_one_writer_per_embedded_store(clean_env: Path, embedded_faces: list) -> None:
