@@ -98,10 +98,7 @@ class _Queue:
             self.bull = Queue(self.settings.queue, queue.bull_opts(self.settings))
         if not self._events_alive():
             if self.events is not None:
-                try:
-                    await self.events.close()
-                except Exception:
-                    pass
+                await queue.close_events(self.events)
             self.events = QueueEvents(self.settings.queue, queue.bull_opts(self.settings, blockingTimeout=2000))
             self.events.on("completed", lambda a, _id: self._resolve(a.get("jobId"), "completed", a.get("returnvalue")))
             self.events.on("failed", lambda a, _id: self._resolve(a.get("jobId"), "failed", a.get("failedReason")))
@@ -163,12 +160,13 @@ class _Queue:
                 del self.waiters[jid]
 
     async def close(self) -> None:
-        for thing in (self.events, self.bull):
-            if thing is not None:
-                try:
-                    await thing.close()
-                except Exception:
-                    pass
+        if self.events is not None:
+            await queue.close_events(self.events)
+        if self.bull is not None:
+            try:
+                await self.bull.close()
+            except Exception:
+                pass
         if self.client is not None:
             await self.client.aclose()
 

@@ -342,6 +342,27 @@ async def submit(items: Iterable[tuple[Path, str]], settings: Settings, *, store
 # -- collecting -------------------------------------------------------------------------------
 
 
+async def close_events(events: Any) -> None:
+    """Stop a QueueEvents at once. Its own close() can sit out a whole XREAD block (2 s here)
+    after an event was delivered: the first cancellation of the reader gets lost."""
+    events.closing = True
+    task = getattr(events, "_consumer_task", None)
+    events._consumer_task = None
+    for _ in range(40):  # redis-py can swallow one cancellation while it tidies the socket
+        if task is None or task.done():
+            break
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.05)
+    try:
+        connection = getattr(events.client, "connection", None)
+        if connection is not None:
+            await connection.disconnect()
+        await events.client.aclose()
+    except Exception:
+        pass
+    events.closed = True
+
+
 def _from_job(path: str, returned: Any, entry: Entry) -> ImageResult:
     if not isinstance(returned, dict):
         return ImageResult(path=path, error=f"the worker returned no result object: {str(returned)[:80]}",
@@ -455,7 +476,7 @@ class _Collector:
                     try:
                         if need_read:
                             if events is not None:
-                                await events.close()
+                                await close_events(events)
                                 events = None
                             self.last_event = await self._last_event_id(client)
                             events = QueueEvents(self.batch.queue, bull_opts(
@@ -517,10 +538,7 @@ class _Collector:
                             yield result
         finally:
             if events is not None:
-                try:
-                    await events.close()
-                except Exception:
-                    pass
+                await close_events(events)
             try:
                 await queue.close()
             except Exception:

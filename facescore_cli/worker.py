@@ -40,7 +40,14 @@ DEFAULT_GRACE_S = 30.0
 def _init_process(settings: Settings) -> None:
     # Ctrl-C reaches the whole process group; the parent decides when the children stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    pipeline._init_process(settings)
+    try:
+        pipeline._init_process(settings)
+    except Exception:
+        # A link that cannot warm up fails per image instead, and the chain falls back as
+        # configured; a pool whose initializer raised would fail every job, fallback or not.
+        from .scoring import Scorer
+
+        pipeline._scorer = Scorer.from_settings(settings)
 
 
 def _model_version() -> str:
@@ -136,7 +143,9 @@ class FaceWorker:
         await self._beat()
         self._bull = Worker(self.settings.queue, self.process, queue.bull_opts(
             self.settings,
-            concurrency=self.concurrency,
+            # Twice as many jobs as processes: the next image is already fetched and waiting in
+            # the pool while Redis round trips complete the last one, so no process sits idle.
+            concurrency=self.concurrency * 2,
             lockDuration=self.lock_ms,
             stalledInterval=self.stalled_ms,
             maxStalledCount=2,
