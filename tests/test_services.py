@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -41,6 +42,7 @@ class Service:
         if token:
             self.env["FACESCORE_SERVICE_TOKEN"] = token
         self.proc: subprocess.Popen | None = None
+        self.stderr = tempfile.TemporaryFile()  # a file, not a pipe: a full pipe would stall the service
 
     @property
     def url(self) -> str:
@@ -53,12 +55,12 @@ class Service:
     def start(self, timeout: float = 30.0) -> "Service":
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "facescore_cli", "serve", self.kind, "--port", str(self.port), "--log-level", "warning"],
-            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            env=self.env, stdout=subprocess.DEVNULL, stderr=self.stderr,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.kind} service exited: {self.proc.stderr.read().decode()[-2000:]}")
+                raise RuntimeError(f"{self.kind} service exited: {self.log()[-2000:]}")
             try:
                 if httpx.get(self.url + "/health", headers=self.headers, timeout=1.0).status_code == 200:
                     return self
@@ -74,9 +76,10 @@ class Service:
             self.proc.wait(10)
 
     def log(self) -> str:
-        assert self.proc is not None
+        """What the service wrote to stderr (stops it first)."""
         self.stop()
-        return self.proc.stderr.read().decode() if self.proc.stderr else ""
+        self.stderr.seek(0)
+        return self.stderr.read().decode(errors="replace")
 
 
 def start_pair(env: dict[str, str] | None = None, token: str | None = None) -> tuple[Service, Service]:
