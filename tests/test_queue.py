@@ -134,3 +134,47 @@ def test_live_workers_and_choose_via(redis_server, tmp_path):
         queue.live_workers(down)
     assert "secret" not in str(info.value)  # the password never reaches a message
     assert queue.job_id("ab" * 32, "head v1:2") == "ab" * 32 + "-head_v1_2"
+
+
+def test_password_and_tls_redis_url(portrait, tmp_path):
+    """REDIS_URL=rediss://:password@host:port/0?ssl_ca_certs=... works end to end."""
+    import shutil as sh
+    import subprocess
+
+    from conftest import wait_for_port
+
+    if not sh.which("openssl"):
+        pytest.skip("openssl is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    port = free_port()
+    server = subprocess.Popen([sh.which("redis-server") or "redis-server", "--port", "0", "--tls-port", str(port),
+                               "--bind", "127.0.0.1", "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+                               "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no",
+                               "--requirepass", "p@ss word", "--save", "", "--dir", str(tmp_path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    w = None
+    try:
+        wait_for_port(port)
+        url = f"rediss://:p%40ss%20word@127.0.0.1:{port}/0?ssl_ca_certs={cert}"
+        env = base_env(url, tmp_path / "home")
+        w = WorkerProc(env, tmp_path / "w.log")
+        w.wait_started()
+        res = run_cli(["score", str(portrait), "--via", "queue", "--json", "--no-store"], env)
+        assert res.returncode == 0, res.stderr
+        assert json.loads(res.stdout)[0]["score"] is not None and w.events("completed")
+        assert "p@ss" not in res.stderr and "p%40ss" not in res.stderr
+
+        wrong = base_env(f"rediss://:wrong@127.0.0.1:{port}/0?ssl_ca_certs={cert}", tmp_path / "home")
+        res = run_cli(["score", str(portrait), "--via", "queue"], wrong)
+        assert res.returncode == 2 and "does not answer" in res.stderr
+        plain = base_env(f"redis://:p%40ss%20word@127.0.0.1:{port}/0", tmp_path / "home")
+        res = run_cli(["score", str(portrait), "--via", "queue"], plain)
+        assert res.returncode == 2  # a TLS port refuses plain text
+    finally:
+        if w:
+            w.stop()
+        server.terminate()
+        server.wait(10)
