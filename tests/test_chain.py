@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import threading
 import time
@@ -301,6 +302,27 @@ def test_a_health_check_is_cached_for_a_few_seconds(clean_env, stub):
     assert stub.calls["/health"] - before == 4
 
 
+def test_the_client_works_in_a_forked_child(clean_env, stub):
+    """Batch processes are forked: a child must not share its parent's sockets."""
+    stub.mode = "ok"
+    settings = _settings(FACE_DETECTION_SERVICE=stub.url, FACE_EMBEDDING_SERVICE=stub.url)
+    remote = RemoteBackend(settings)
+    data = PORTRAIT.read_bytes()
+    image = images.decode(data)
+    remote.analyze(image, data)  # the parent now holds open connections
+    parent_http = remote.detection.http
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        try:
+            faces, _ = remote.analyze(image, data)
+            os._exit(0 if len(faces) == 1 and remote.detection.http is not parent_http else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert remote.analyze(image, data)[0]  # and the parent's client still works
+
+
 # --- the ends of the chain, through the CLI -------------------------------------------------
 
 def test_local_disabled_falls_to_simulated(clean_env, monkeypatch):
@@ -327,8 +349,9 @@ def test_everything_disabled_fails_each_image_with_a_clear_error(clean_env, monk
     for row in rows:
         assert row["source"] == "" and row["score"] == ""
         assert "all scoring paths failed" in row["error"], row["error"]
-    # The first images name the cause; after that the breaker says why it skips the service.
-    assert f"connection refused at {dead}" in rows[0]["error"]
+        # The first images name the cause; after them the breaker skips the service, and says why.
+        assert f"connection refused at {dead}" in row["error"], row["error"]
+    assert "skipped" in rows[-1]["error"]
 
 
 def test_no_path_enabled_at_all_is_an_error_per_image(clean_env, monkeypatch):

@@ -62,6 +62,12 @@ def test_everything_up_is_ready_through_the_services(env, pair):
     assert "head" in rows["local models"]["detail"]
     assert "embedded store" in rows["Qdrant"]["detail"]
 
+    # and the chain sends the token: the services score
+    result = CliRunner().invoke(app, ["score", str(EXAMPLES / "faces" / "omi-46.jpg"), "--json", "--via", "local",
+                                      "--no-store"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)[0]["source"] == "remote"
+
 
 def test_the_table_has_a_row_per_component(env, pair):
     result = CliRunner().invoke(app, ["health"], terminal_width=240)

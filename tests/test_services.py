@@ -275,6 +275,14 @@ def test_serve_help_shows_loopback_and_default_ports():
         assert "127.0.0.1" in result.output and port in result.output
 
 
+def test_the_apps_are_import_string_factories_for_uvicorn_workers(clean_env):
+    from uvicorn.importer import import_from_string
+
+    for kind in ("detection", "embedding"):
+        factory = import_from_string(f"facescore_cli.services.{kind}:create_app")
+        assert "/openapi.json" in {r.path for r in factory().routes}
+
+
 def test_serve_refuses_a_broken_configuration(clean_env, monkeypatch):
     monkeypatch.setenv("ML_SERVICE_TIMEOUT", "soon")
     result = CliRunner().invoke(app, ["serve", "detection", "--port", "1"])

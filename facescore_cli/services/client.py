@@ -50,6 +50,7 @@ class Breaker:
         self.failures = 0
         self.opened_at: float | None = None
         self.probing = False
+        self.last_error = ""
 
     @property
     def state(self) -> str:
@@ -64,8 +65,9 @@ class Breaker:
                 return
             wait = self.cooldown - (self.clock() - self.opened_at)
             if wait > 0:
+                last = f"; last: {self.last_error}" if self.last_error else ""
                 raise ServiceUnavailable(f"{self.name} service skipped for {wait:.0f} s more "
-                                         f"after {self.failures} failures in a row")
+                                         f"after {self.failures} failures in a row{last}")
             if self.probing:
                 raise ServiceUnavailable(f"{self.name} service is being probed after failing")
             self.probing = True
@@ -76,9 +78,10 @@ class Breaker:
                 log.warning("%s service answers again", self.name)
             self.failures, self.opened_at, self.probing = 0, None, False
 
-    def failure(self) -> None:
+    def failure(self, reason: str = "") -> None:
         with self.lock:
             self.failures += 1
+            self.last_error = reason or self.last_error
             if self.probing or (self.opened_at is None and self.failures >= self.threshold):
                 log.warning("%s service failed %d times in a row; not calling it for %.0f s",
                             self.name, self.failures, self.cooldown)
@@ -130,19 +133,15 @@ class ServiceClient:
         try:
             self._check_health(deadline)
             response = self.http.request(method, path, timeout=self._timeout(deadline), **kwargs)
-        except ServiceUnavailable:
-            self.breaker.failure()
-            raise
+        except ServiceUnavailable as exc:
+            raise self.fail(str(exc)) from None
         except httpx.HTTPError as exc:
-            self.breaker.failure()
-            raise ServiceUnavailable(f"{self.name} service: {describe(exc, self.base_url)}") from None
+            raise self.fail(f"{self.name} service: {describe(exc, self.base_url)}") from None
         if response.status_code in (401, 403):
-            self.breaker.failure()
-            raise ServiceUnavailable(f"{self.name} service refused the token ({response.status_code}): "
-                                     "set FACESCORE_SERVICE_TOKEN to the token the service was started with")
+            raise self.fail(f"{self.name} service refused the token ({response.status_code}): "
+                            "set FACESCORE_SERVICE_TOKEN to the token the service was started with")
         if response.status_code >= 500:
-            self.breaker.failure()
-            raise ServiceUnavailable(f"{self.name} service answered {response.status_code} on {path}")
+            raise self.fail(f"{self.name} service answered {response.status_code} on {path}")
         if response.status_code >= 400:
             # The service is alive but will not take this image (e.g. a smaller size limit):
             # this image goes to the next link, the breaker stays as it is.
@@ -152,12 +151,16 @@ class ServiceClient:
         try:
             return response.json()
         except ValueError:
-            self.breaker.failure()
-            raise ServiceUnavailable(f"{self.name} service sent malformed JSON on {path}") from None
+            raise self.fail(f"{self.name} service sent malformed JSON on {path}") from None
+
+    def fail(self, message: str) -> ServiceUnavailable:
+        """Record a failure (the breaker counts it; health is checked again) and make its error."""
+        self._healthy_at = None
+        self.breaker.failure(message)
+        return ServiceUnavailable(message)
 
     def malformed(self, what: str) -> ServiceUnavailable:
-        self.breaker.failure()
-        return ServiceUnavailable(f"{self.name} service sent a malformed answer: {what}")
+        return self.fail(f"{self.name} service sent a malformed answer: {what}")
 
     def _check_health(self, deadline: float) -> None:
         now = self.clock()
