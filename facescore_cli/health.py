@@ -205,11 +205,11 @@ def check_local_models(settings: Settings) -> tuple[Check, bool]:
 
         from .images import DecodedImage
         from .ml import models
-        from .ml.detect import DETECTOR_NAME, detect
+        from .ml import detect as _detect
 
         t = time.perf_counter()
         blank = np.full((64, 64, 3), 127, dtype=np.uint8)
-        detect(DecodedImage(pixels=blank, scale=1.0, width=64, height=64, format="PNG"))  # loads the detector
+        _detect.detect(DecodedImage(pixels=blank, scale=1.0, width=64, height=64, format="PNG"))  # loads the detector
         models.landmarks_5()
         detector_ms = _since(t)
         t = time.perf_counter()
@@ -218,7 +218,8 @@ def check_local_models(settings: Settings) -> tuple[Check, bool]:
     except Exception as exc:  # a missing weight file, a broken native library...
         return Check(name, ERROR, f"the local models do not load: {type(exc).__name__}: {exc} — reinstall facescore",
                      _since(start)), True
-    detail = (f"{DETECTOR_NAME} {detector_ms:.0f} ms, {models.EMBEDDING_MODEL} {resnet_ms:.0f} ms, "
+    detector = getattr(_detect, "DETECTOR_NAME", "detector")
+    detail = (f"{detector} {detector_ms:.0f} ms, {models.EMBEDDING_MODEL} {resnet_ms:.0f} ms, "
               f"head {version} {head_ms:.0f} ms")
     return Check(name, OK, detail, _since(start)), True
 
