@@ -50,16 +50,12 @@ def _resolve_via(settings: Settings, via: Optional[str]) -> str:
         raise typer.Exit(2)
     if choice == "local":
         return "local"
-    last = _resolve_via.__dict__.get("last")
-    if last and last[0] is settings and last[1] == choice and time.monotonic() - last[2] < 2.0:
-        return last[3]  # asked twice for the same command: one check, one line
     try:
         mode, why = queue.choose_via(settings, choice)
     except queue.ServiceUnavailable as exc:
         err.print(f"[red]--via queue:[/red] {exc}")
         raise typer.Exit(2) from None
     err.print(f"[dim]{why}[/dim]", highlight=False)
-    _resolve_via.__dict__["last"] = (settings, choice, time.monotonic(), mode)
     return mode
 
 
@@ -118,7 +114,6 @@ def score(
       facescore score a.jpg b.png --json
     """
     settings = _settings()
-    _resolve_via(settings, via)
     mode = _resolve_via(settings, via)
     items = [pipeline.Item(p, str(p)) for p in images]
     results = list(_remember(_results(items, settings, mode, jobs=1), settings, store))
