@@ -1,0 +1,166 @@
+"""(embeddings, faces) -> score, traits, vibe, rank: the scoring head, numpy only.
+
+The head is a small `.npz` file (`weights/omi-head.npz`, made by `training/train_head.py`)
+trained on the OMI dataset's mean human ratings (CC BY-NC-SA 4.0, see `weights/README.md`).
+
+Input: one 128-d face embedding per face (the runtime pipeline's flip-averaged dlib ResNet
+vector) plus the detected `Face`, whose five landmarks give a few scale- and mirror-invariant
+proportions (eye widths, eye gap, nose drop, yaw). Features are standardized with the training
+means and scales, then each output is a blend of a linear ridge model and an RBF kernel ridge
+model whose support vectors are the 800 training faces.
+
+- `score`: the predicted mean 'attractive' rating (0-100 scale of the raters), clipped to 0-100.
+- `traits`: the predicted mean rating of each allowed trait (`TRAITS`), clipped to 0-100
+  (for `age` this is the raters' 0-100 age impression, not years).
+- `rank`: the percentile of `score` in the reference population, the 800 OMI training faces
+  scored out-of-fold (each by a head that never saw it): 100 x (number of reference scores
+  strictly below + half the number equal) / 800. So 50 is a typical OMI face, 90 beats 9 in 10.
+- `vibe`: one word from the trait profile. Each trait in `VIBE_WORDS` gets a z-score against the
+  reference population (the mean and standard deviation of the out-of-fold predictions for the
+  800 OMI faces); the vibe is the word of the trait with the highest z-score, ties going to the
+  trait listed first:
+
+      happy -> cheerful, outgoing -> outgoing, smart -> smart, trustworthy -> trustworthy,
+      dominant -> bold, cute -> cute, well-groomed -> polished, alert -> alert,
+      memorable -> striking, smug -> smug, dorky -> quirky
+
+The head outputs 'attractive' and the allowed traits only; a head file holding any other output
+is refused at load time.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+
+from .types import Face, Prediction
+
+SCORE_TARGET = "attractive"
+TRAITS = (
+    "trustworthy", "smart", "happy", "outgoing", "dominant", "cute", "memorable",
+    "well-groomed", "alert", "typical", "familiar", "smug", "dorky", "age",
+)  # fmt: skip
+OUTPUTS = (SCORE_TARGET, *TRAITS)
+VIBE_WORDS = {
+    "happy": "cheerful",
+    "outgoing": "outgoing",
+    "smart": "smart",
+    "trustworthy": "trustworthy",
+    "dominant": "bold",
+    "cute": "cute",
+    "well-groomed": "polished",
+    "alert": "alert",
+    "memorable": "striking",
+    "smug": "smug",
+    "dorky": "quirky",
+}
+EMBEDDING_DIM = 128
+DEFAULT_PATH = Path(__file__).parent / "weights" / "omi-head.npz"
+
+
+def face_geometry(faces: list[Face]) -> np.ndarray:
+    """(n, 6) proportions from dlib's five landmarks, in units of the distance between the eye
+    centres, so they ignore scale and roll; symmetric ones so a mirrored face gives the same."""
+    out = np.zeros((len(faces), 6), dtype=np.float64)
+    for i, face in enumerate(faces):
+        p = np.asarray(face.landmarks, dtype=np.float64)  # eye A outer, inner; eye B outer, inner; nose
+        a, b = p[0:2].mean(0), p[2:4].mean(0)
+        io = max(float(np.linalg.norm(a - b)), 1e-6)
+        ux = (a - b) / io  # unit vector along the eyes
+        uy = np.array([-ux[1], ux[0]])
+        wa, wb = np.linalg.norm(p[0] - p[1]) / io, np.linalg.norm(p[2] - p[3]) / io
+        nose = p[4] - (a + b) / 2
+        out[i] = (
+            wa + wb,
+            abs(wa - wb),
+            np.linalg.norm(p[1] - p[3]) / io,  # gap between the inner corners
+            abs(float(nose @ uy)) / io,  # nose drop below the eye line
+            abs(float(nose @ ux)) / io,  # nose off the midline: yaw
+            np.linalg.norm(p[0] - p[2]) / io,  # outer corner span
+        )
+    return out
+
+
+def features(embeddings: np.ndarray, faces: list[Face], *, geometry: bool = True) -> np.ndarray:
+    """The head's raw input row per face: the embedding, then (optionally) the geometry."""
+    emb = np.asarray(embeddings, dtype=np.float64)
+    if emb.ndim != 2 or emb.shape[1] != EMBEDDING_DIM:
+        raise ValueError(f"embeddings must be (n, {EMBEDDING_DIM}), got {emb.shape}")
+    if len(faces) != emb.shape[0]:
+        raise ValueError(f"{emb.shape[0]} embeddings but {len(faces)} faces")
+    return np.hstack([emb, face_geometry(faces)]) if geometry else emb
+
+
+def percentile(sorted_ref: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """100 x (reference values strictly below + half of those equal) / reference size."""
+    below = np.searchsorted(sorted_ref, values, side="left")
+    upto = np.searchsorted(sorted_ref, values, side="right")
+    return 100.0 * (below + 0.5 * (upto - below)) / len(sorted_ref)
+
+
+class Head:
+    """A trained scoring head; `predict` maps embeddings plus faces to predictions."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]):
+        outputs = tuple(str(t) for t in arrays["outputs"])
+        if outputs != OUTPUTS:
+            raise ValueError(f"head file outputs {outputs}, expected exactly {OUTPUTS}")
+        self.version = str(arrays["version"])
+        self._geometry = bool(arrays["geometry"])
+        self._mean = arrays["x_mean"].astype(np.float64)
+        self._scale = arrays["x_scale"].astype(np.float64)
+        self._lin_coef = arrays["lin_coef"].astype(np.float64)  # (d, T)
+        self._lin_bias = arrays["lin_bias"].astype(np.float64)  # (T,)
+        self._sv = arrays["krr_support"].astype(np.float64)  # (m, d), standardized
+        self._sv_sq = (self._sv**2).sum(1)
+        self._dual = arrays["krr_dual"].astype(np.float64)  # (m, T)
+        self._gamma = arrays["krr_gamma"].astype(np.float64)  # (T,)
+        self._krr_bias = arrays["krr_bias"].astype(np.float64)  # (T,)
+        self._blend = arrays["blend"].astype(np.float64)  # (T,) weight of the kernel model
+        self._ref_scores = np.sort(arrays["ref_scores"].astype(np.float64))
+        self._ref_mean = arrays["ref_mean"].astype(np.float64)  # (T,)
+        self._ref_sd = arrays["ref_sd"].astype(np.float64)  # (T,)
+        self._vibe_idx = np.array([OUTPUTS.index(t) for t in VIBE_WORDS])
+
+    def raw(self, embeddings: np.ndarray, faces: list[Face]) -> np.ndarray:
+        """(n, len(OUTPUTS)) unclipped predicted ratings, columns in `OUTPUTS` order."""
+        x = (features(embeddings, faces, geometry=self._geometry) - self._mean) / self._scale
+        # Row by row: BLAS sums a batch in a different order than a single row, and a face's
+        # score must not depend on which other faces share its image.
+        return np.stack([self._row(r) for r in x]) if len(x) else np.zeros((0, len(OUTPUTS)))
+
+    def _row(self, x: np.ndarray) -> np.ndarray:
+        linear = x @ self._lin_coef + self._lin_bias
+        d2 = np.maximum((x**2).sum() + self._sv_sq - 2.0 * (self._sv @ x), 0.0)
+        kernel = np.empty_like(linear)
+        # One gamma per output, few distinct ones: compute each kernel row once.
+        for g in np.unique(self._gamma):
+            cols = self._gamma == g
+            kernel[cols] = np.exp(-g * d2) @ self._dual[:, cols] + self._krr_bias[cols]
+        return (1.0 - self._blend) * linear + self._blend * kernel
+
+    def predict(self, embeddings: np.ndarray, faces: list[Face]) -> list[Prediction]:
+        raw = self.raw(embeddings, faces)
+        clipped = np.clip(raw, 0.0, 100.0)
+        ranks = percentile(self._ref_scores, clipped[:, 0])
+        z = (raw[:, self._vibe_idx] - self._ref_mean[self._vibe_idx]) / self._ref_sd[self._vibe_idx]
+        words = list(VIBE_WORDS.values())
+        out = []
+        for row, rank, zrow in zip(clipped, ranks, z):
+            out.append(
+                Prediction(
+                    score=float(row[0]),
+                    traits={t: round(float(v), 1) for t, v in zip(TRAITS, row[1:])},
+                    vibe=words[int(np.argmax(zrow))],  # argmax takes the first of equal values
+                    rank=float(rank),
+                )
+            )
+        return out
+
+
+@functools.lru_cache(maxsize=8)
+def load_head(path: Path | None = None) -> Head:
+    """The head in `path`, or the bundled one; loaded once per path and process."""
+    with np.load(path or DEFAULT_PATH, allow_pickle=False) as data:
+        return Head({k: data[k] for k in data.files})

@@ -1,0 +1,135 @@
+"""The bundled scoring head on real OMI faces, through the runtime pipeline."""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from facescore_cli.images import decode
+from facescore_cli.ml import detect, embed
+from facescore_cli.ml.head import OUTPUTS, TRAITS, VIBE_WORDS, Head, load_head, percentile
+
+OMI = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "omi"
+FORBIDDEN = (
+    "asian", "middle-eastern", "hispanic", "islander", "native", "black", "white", "skin-color",
+    "gay", "liberal", "godly", "privileged", "electable", "looks-like-you", "gender", "weight",
+)  # fmt: skip
+N_EACH = 10
+
+pytestmark = pytest.mark.skipif(
+    not (OMI / "ratings.csv").exists(), reason=f"OMI dataset not found at {OMI} (see shared/datasets/omi/README.md)"
+)
+
+
+def _attractive() -> list[tuple[int, float]]:
+    with open(OMI / "ratings.csv", newline="") as fh:
+        rows = [(int(r["stimulus"]), float(r["attractive"])) for r in csv.DictReader(fh)]
+    return sorted(rows, key=lambda r: r[1])
+
+
+@pytest.fixture(scope="module")
+def omi_faces():
+    """Embeddings and faces for the N_EACH lowest- and N_EACH highest-rated OMI faces."""
+    rows = _attractive()
+    picked = {"low": rows[:N_EACH], "high": rows[-N_EACH:]}
+    out = {}
+    for group, items in picked.items():
+        embs, faces = [], []
+        for stimulus, _ in items:
+            img = decode((OMI / "images" / f"{stimulus}.jpg").read_bytes())
+            found = detect.detect(img)
+            assert found, f"no face found in OMI image {stimulus}"
+            embs.append(embed.embed(img, found[:1])[0])
+            faces.append(found[0])
+        out[group] = (np.stack(embs), faces)
+    return out
+
+
+def test_prediction_shape_and_ranges(omi_faces):
+    emb, faces = omi_faces["high"]
+    head = load_head()
+    assert head.version
+    preds = head.predict(emb[:1], faces[:1])
+    assert len(preds) == 1
+    p = preds[0]
+    assert 0.0 <= p.score <= 100.0
+    assert 0.0 <= p.rank <= 100.0
+    assert set(p.traits) == set(TRAITS)
+    assert all(0.0 <= v <= 100.0 for v in p.traits.values())
+    assert p.vibe in set(VIBE_WORDS.values())
+
+
+def test_no_forbidden_attribute_anywhere(omi_faces):
+    head = load_head()
+    emb, faces = omi_faces["low"]
+    text = json.dumps([dataclasses.asdict(p) for p in head.predict(emb, faces)]).lower()
+    for name in FORBIDDEN:
+        assert name not in text
+        assert name not in OUTPUTS
+    # Nor in the file: its outputs and the names of everything it stores.
+    with np.load(Path(__file__).resolve().parents[1] / "facescore_cli/ml/weights/omi-head.npz") as data:
+        stored = " ".join(data.files + [str(x) for x in data["outputs"]]).lower()
+    assert not [n for n in FORBIDDEN if n in stored]
+
+
+def test_refuses_a_head_with_a_forbidden_output(tmp_path):
+    with np.load(Path(__file__).resolve().parents[1] / "facescore_cli/ml/weights/omi-head.npz") as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["outputs"] = np.array([*OUTPUTS, "gender"])
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError, match="outputs"):
+        load_head(path)
+
+
+def test_deterministic(omi_faces):
+    emb, faces = omi_faces["high"]
+    head = load_head()
+    twice = head.predict(np.vstack([emb[:1], emb[:1]]), [faces[0], faces[0]])
+    assert twice[0] == twice[1]
+    assert head.predict(emb[:1], faces[:1])[0] == twice[0]
+    assert load_head() is head
+
+
+def test_higher_rated_faces_score_higher(omi_faces):
+    head = load_head()
+    low = [p.score for p in head.predict(*omi_faces["low"])]
+    high = [p.score for p in head.predict(*omi_faces["high"])]
+    # The extremes of OMI's 'attractive' ratings are ~45 points apart; demand a clear gap.
+    assert np.mean(high) - np.mean(low) > 15.0, (low, high)
+    assert np.mean([p.rank for p in head.predict(*omi_faces["high"])]) > 75.0
+
+
+def test_rank_is_monotonic_in_score(omi_faces):
+    head = load_head()
+    emb = np.vstack([omi_faces["low"][0], omi_faces["high"][0]])
+    faces = omi_faces["low"][1] + omi_faces["high"][1]
+    # Blends between faces give a spread of scores between the extremes.
+    rng = np.random.default_rng(0)
+    i, j = rng.integers(0, len(emb), 60), rng.integers(0, len(emb), 60)
+    w = rng.random(60)[:, None]
+    mixed = np.vstack([emb, w * emb[i] + (1 - w) * emb[j]])
+    preds = head.predict(mixed, faces + [faces[k] for k in i])
+    pairs = sorted((p.score, p.rank) for p in preds)
+    ranks = [r for _, r in pairs]
+    assert ranks == sorted(ranks)
+    assert ranks[0] < 25.0 < 75.0 < ranks[-1]
+
+
+def test_percentile_counts_half_of_ties():
+    ref = np.array([10.0, 20.0, 20.0, 30.0])
+    assert percentile(ref, np.array([5.0, 10.0, 20.0, 25.0, 99.0])).tolist() == [0.0, 12.5, 50.0, 75.0, 100.0]
+
+
+def test_bad_input_is_refused(omi_faces):
+    emb, faces = omi_faces["low"]
+    head = load_head()
+    with pytest.raises(ValueError):
+        head.predict(emb[:2], faces[:1])
+    with pytest.raises(ValueError):
+        head.predict(emb[:, :64], faces)
+    assert isinstance(head, Head)

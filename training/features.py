@@ -1,0 +1,103 @@
+"""Features for the scoring head, extracted with the runtime pipeline so training and serving match.
+
+decode -> detect (largest face) -> chips -> `embed_chips` on the chip (what `embed` returns at
+runtime) and on its mirror image: the mirror rows augment training and let the flip-averaging
+decision be measured (train_head.py --embedding flip-avg).
+The cache in training/cache/ is keyed by a hash of the pipeline's source and model files.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import inspect
+import os
+import sys
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+OMI = Path(os.environ.get("OMI_DIR", ROOT.parent / "shared" / "datasets" / "omi"))
+CACHE = ROOT / "training" / "cache"
+
+
+def pipeline_hash() -> str:
+    from facescore_cli import images
+    from facescore_cli.ml import detect, embed, models
+
+    h = hashlib.sha256()
+    for mod in (images, detect, embed, models):
+        h.update(inspect.getsource(mod).encode())
+    for p in (models.LANDMARKS_5_PATH, models.RESNET_PATH):
+        st = os.stat(p)
+        h.update(f"{Path(p).name}:{st.st_size}".encode())
+    return h.hexdigest()[:16]
+
+
+def _one(stimulus: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | tuple[int, None]:
+    from facescore_cli.images import decode
+    from facescore_cli.ml import detect, embed
+
+    img = decode((OMI / "images" / f"{stimulus}.jpg").read_bytes())
+    faces = detect.detect(img)
+    if not faces:
+        return (stimulus, None)
+    f = faces[0]
+    chip = embed.chips(img, [f])[0]
+    runtime = embed.embed(img, [f])[0]
+    own = embed.embed_chips([chip])[0]
+    if not np.allclose(runtime, own, atol=1e-5):
+        raise RuntimeError("embed() no longer equals embed_chips(chips()): update training/features.py")
+    mirror = embed.embed_chips([np.ascontiguousarray(chip[:, ::-1])])[0]
+    return (
+        stimulus,
+        runtime,
+        mirror,
+        np.asarray(f.box, dtype=np.float32),
+        np.asarray(f.landmarks, dtype=np.float32),
+    )
+
+
+def ratings() -> tuple[np.ndarray, list[str], np.ndarray]:
+    with open(OMI / "ratings.csv", newline="") as fh:
+        rows = list(csv.reader(fh))
+    header, body = rows[0], rows[1:]
+    stim = np.array([int(r[0]) for r in body])
+    vals = np.array([[float(v) for v in r[1:]] for r in body], dtype=np.float64)
+    return stim, header[1:], vals
+
+
+def load(processes: int = 2) -> dict[str, np.ndarray]:
+    """Features for every OMI face (rows with found=False had no detected face)."""
+    stim, names, vals = ratings()
+    path = CACHE / f"features-{pipeline_hash()}.npz"
+    if path.exists():
+        data = dict(np.load(path))
+        if np.array_equal(data["stimulus"], stim):
+            return data
+    CACHE.mkdir(parents=True, exist_ok=True)
+    n = len(stim)
+    emb = np.full((n, 128), np.nan, np.float32)
+    emb_flip = np.full((n, 128), np.nan, np.float32)
+    box = np.full((n, 4), np.nan, np.float32)
+    marks = np.full((n, 5, 2), np.nan, np.float32)
+    index = {int(s): i for i, s in enumerate(stim)}
+    with Pool(processes) as pool:
+        for k, res in enumerate(pool.imap_unordered(_one, [int(s) for s in stim], chunksize=4)):
+            if res[1] is not None:
+                i = index[res[0]]
+                emb[i], emb_flip[i], box[i], marks[i] = res[1:]
+            if k % 100 == 0:
+                print(f"  features: {k}/{n}", file=sys.stderr, flush=True)
+    found = ~np.isnan(emb[:, 0])
+    data = dict(stimulus=stim, emb=emb, emb_flip=emb_flip, box=box, landmarks=marks, found=found)
+    np.savez(path, **data)
+    return data
+
+
+if __name__ == "__main__":
+    d = load()
+    print(f"{int(d['found'].sum())}/{len(d['found'])} faces found")

@@ -1,0 +1,262 @@
+"""Train the scoring head on OMI and write facescore_cli/ml/weights/omi-head.npz.
+
+    python training/train_head.py            # measure (5- and 10-fold nested CV) and write
+    python training/train_head.py --no-flip  # measure with the un-mirrored embedding only
+    python training/train_head.py --no-geometry --no-write
+
+Features come from the runtime pipeline (training/features.py, cached in training/cache/).
+Every output (attractive + the allowed traits; nothing else is read from ratings.csv) is a
+blend of a linear ridge and an RBF kernel ridge on standardized features. Hyper-parameters
+(ridge alpha, kernel alpha and gamma, blend weight) are chosen per output by an inner 5-fold
+CV on the training part only, so the outer-fold r figures are honest (nested CV). The written
+head is selected and fitted the same way on all 800 faces; its reference population (for rank
+and vibe z-scores) is the 10-fold out-of-fold predictions.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import KFold
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "training"))
+
+from facescore_cli.ml import head as H  # noqa: E402
+from facescore_cli.ml.types import Face  # noqa: E402
+from features import load, ratings  # noqa: E402
+
+SEED = 0
+RIDGE_ALPHAS = np.logspace(0, 4.5, 19)
+KRR_ALPHAS = np.logspace(-2.5, 1, 15)
+KRR_GAMMA_MULT = np.array([0.125, 0.25, 0.5, 1.0, 2.0])  # x 1/n_features
+BLENDS = np.linspace(0.0, 1.0, 11)
+INNER_FOLDS = 5
+VERSION = "omi-ridge-krr-v1"
+
+
+def sqdist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.maximum((a**2).sum(1)[:, None] + (b**2).sum(1)[None, :] - 2.0 * a @ b.T, 0.0)
+
+
+class Grid:
+    """Ridge and kernel ridge for every alpha (and gamma) at once, all outputs together."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray):
+        self.x, self.ymean = x, y.mean(0)
+        yc = y - self.ymean
+        u, s, vt = np.linalg.svd(x, full_matrices=False)
+        self.ridge_parts = (vt.T, s, u.T @ yc)
+        self.gammas = KRR_GAMMA_MULT / x.shape[1]
+        self.krr_parts = []
+        d2 = sqdist(x, x)
+        for g in self.gammas:
+            lam, v = np.linalg.eigh(np.exp(-g * d2))
+            self.krr_parts.append((v, np.maximum(lam, 0.0), v.T @ yc))
+
+    def ridge_coef(self, alpha: float) -> np.ndarray:
+        v, s, uty = self.ridge_parts
+        return v @ ((s / (s**2 + alpha))[:, None] * uty)
+
+    def krr_dual(self, gi: int, alpha: float) -> np.ndarray:
+        v, lam, vty = self.krr_parts[gi]
+        return v @ (vty / (lam + alpha)[:, None])
+
+    def ridge_preds(self, xt: np.ndarray) -> np.ndarray:
+        """(alphas, n_test, T)"""
+        return np.stack([xt @ self.ridge_coef(a) + self.ymean for a in RIDGE_ALPHAS])
+
+    def krr_preds(self, xt: np.ndarray) -> np.ndarray:
+        """(gammas, alphas, n_test, T)"""
+        d2 = sqdist(xt, self.x)
+        out = []
+        for gi, g in enumerate(self.gammas):
+            k = np.exp(-g * d2)
+            out.append(np.stack([k @ self.krr_dual(gi, a) + self.ymean for a in KRR_ALPHAS]))
+        return np.stack(out)
+
+
+def standardize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean, scale = x.mean(0), x.std(0)
+    return mean, np.where(scale > 0, scale, 1.0)
+
+
+def select(x: np.ndarray, y: np.ndarray, xm: np.ndarray | None = None, seed: int = SEED) -> dict:
+    """Per output: ridge alpha, kernel (gamma, alpha) and blend weight with the lowest inner-CV MSE.
+
+    `xm`, when given, holds the mirror-image rows of `x`: they join the training part of each
+    inner fold (augmentation) but are never scored, since at runtime only un-mirrored chips come.
+    """
+    n, t = y.shape
+    rp = np.zeros((len(RIDGE_ALPHAS), n, t))
+    kp = np.zeros((len(KRR_GAMMA_MULT), len(KRR_ALPHAS), n, t))
+    for tr, te in KFold(INNER_FOLDS, shuffle=True, random_state=seed).split(x):
+        xtr, ytr = augmented(x, y, xm, tr)
+        mean, scale = standardize(xtr)
+        g = Grid((xtr - mean) / scale, ytr)
+        xt = (x[te] - mean) / scale
+        rp[:, te] = g.ridge_preds(xt)
+        kp[:, :, te] = g.krr_preds(xt)
+    ridge_mse = ((rp - y) ** 2).mean(1)  # (alphas, T)
+    krr_mse = ((kp - y) ** 2).mean(2)  # (gammas, alphas, T)
+    ra = ridge_mse.argmin(0)
+    flat = krr_mse.reshape(-1, t).argmin(0)
+    kg, ka = np.unravel_index(flat, krr_mse.shape[:2])
+    cols = np.arange(t)
+    best_r = rp[ra, :, cols].T  # (n, T)
+    best_k = kp[kg, ka, :, cols].T
+    blend_mse = np.stack([(((1 - w) * best_r + w * best_k - y) ** 2).mean(0) for w in BLENDS])
+    return {
+        "ridge_alpha": RIDGE_ALPHAS[ra],
+        "krr_gamma_idx": kg,
+        "krr_alpha": KRR_ALPHAS[ka],
+        "blend": BLENDS[blend_mse.argmin(0)],
+    }
+
+
+def augmented(x: np.ndarray, y: np.ndarray, xm: np.ndarray | None, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if xm is None:
+        return x[rows], y[rows]
+    return np.vstack([x[rows], xm[rows]]), np.vstack([y[rows], y[rows]])
+
+
+def fit(x: np.ndarray, y: np.ndarray, hp: dict) -> dict:
+    """Fit with chosen hyper-parameters; returns the arrays a Head needs (minus references)."""
+    t = y.shape[1]
+    mean, scale = standardize(x)
+    xs = (x - mean) / scale
+    g = Grid(xs, y)
+    lin = np.zeros((x.shape[1], t))
+    dual = np.zeros((x.shape[0], t))
+    for j in range(t):
+        lin[:, j] = g.ridge_coef(hp["ridge_alpha"][j])[:, j]
+        dual[:, j] = g.krr_dual(int(hp["krr_gamma_idx"][j]), hp["krr_alpha"][j])[:, j]
+    return {
+        "x_mean": mean,
+        "x_scale": scale,
+        "lin_coef": lin,
+        "lin_bias": g.ymean,
+        "krr_support": xs.astype(np.float32),
+        "krr_dual": dual,
+        "krr_gamma": g.gammas[hp["krr_gamma_idx"]],
+        "krr_bias": g.ymean,
+        "blend": hp["blend"],
+    }
+
+
+def head_arrays(params: dict, geometry: bool) -> dict:
+    return {
+        "version": np.array(VERSION),
+        "outputs": np.array(H.OUTPUTS),
+        "geometry": np.array(int(geometry)),
+        **params,
+        # Refs are filled by the caller; placeholders so a Head can be built for CV predictions.
+        "ref_scores": np.array([50.0]),
+        "ref_mean": np.zeros(len(H.OUTPUTS)),
+        "ref_sd": np.ones(len(H.OUTPUTS)),
+    }
+
+
+def faces_from(box: np.ndarray, marks: np.ndarray) -> list[Face]:
+    return [
+        Face(box=tuple(int(v) for v in b), confidence=1.0, landmarks=tuple((float(px), float(py)) for px, py in m))
+        for b, m in zip(box, marks)
+    ]
+
+
+def cross_validate(x: np.ndarray, xm: np.ndarray | None, y: np.ndarray, k: int, seed: int = SEED) -> np.ndarray:
+    """Out-of-fold predictions (n, T) of the whole procedure, selection included."""
+    oof = np.zeros_like(y)
+    for tr, te in KFold(k, shuffle=True, random_state=seed).split(x):
+        hp = select(x[tr], y[tr], None if xm is None else xm[tr])
+        xtr, ytr = augmented(x, y, xm, tr)
+        oof[te] = predict_raw(fit(xtr, ytr, hp), x[te])
+    return oof
+
+
+def predict_raw(params: dict, x: np.ndarray) -> np.ndarray:
+    """What Head.raw computes, from the feature rows directly (the head is tested separately)."""
+    xs = (x - params["x_mean"]) / params["x_scale"]
+    lin = xs @ params["lin_coef"] + params["lin_bias"]
+    d2 = sqdist(xs, params["krr_support"].astype(np.float64))
+    krr = np.stack([np.exp(-g * d2) @ params["krr_dual"][:, j] for j, g in enumerate(params["krr_gamma"])], 1)
+    krr += params["krr_bias"]
+    return (1 - params["blend"]) * lin + params["blend"] * krr
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a - a.mean(0), b - b.mean(0)
+    return (a * b).sum(0) / np.sqrt((a**2).sum(0) * (b**2).sum(0))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--embedding", choices=("chip", "flip-avg"), default="chip",
+                    help="what the runtime embed_chips returns: the chip's embedding (default) "
+                         "or the mean of the chip's and its mirror image's")
+    ap.add_argument("--no-augment", action="store_true",
+                    help="with --embedding chip: do not add the mirror images as extra training rows")
+    ap.add_argument("--no-geometry", action="store_true", help="embedding only, no landmark proportions")
+    ap.add_argument("--seeds", type=int, default=1, help="also repeat the 5-fold CV over this many fold seeds")
+    ap.add_argument("--no-write", action="store_true", help="measure only")
+    ap.add_argument("--out", type=Path, default=H.DEFAULT_PATH)
+    args = ap.parse_args()
+    geometry = not args.no_geometry
+
+    data = load()
+    stim, names, vals = ratings()
+    # Only the allowed outputs are ever read from the ratings.
+    y = np.stack([vals[:, names.index(t)] for t in H.OUTPUTS], 1)
+    keep = data["found"]
+    if not keep.all():
+        print(f"no face found in {int((~keep).sum())} images; left out", file=sys.stderr)
+    y = y[keep]
+    faces = faces_from(data["box"][keep], data["landmarks"][keep])
+    chip, mirror = data["emb"][keep].astype(np.float64), data["emb_flip"][keep].astype(np.float64)
+    if args.embedding == "flip-avg":
+        x, xm = H.features((chip + mirror) / 2.0, faces, geometry=geometry), None
+    else:
+        # The landmark proportions are mirror-symmetric, so the mirror row keeps the face's.
+        x = H.features(chip, faces, geometry=geometry)
+        xm = None if args.no_augment else H.features(mirror, faces, geometry=geometry)
+    print(f"{len(y)} faces; embedding: {args.embedding}; mirror rows added in training: "
+          f"{'yes' if xm is not None else 'no'}; geometry: {'yes' if geometry else 'no'}")
+
+    oofs = {}
+    for k in (5, 10):
+        t0 = time.time()
+        oofs[k] = cross_validate(x, xm, y, k)
+        print(f"{k}-fold nested CV done in {time.time() - t0:.0f} s", file=sys.stderr)
+    r5, r10 = pearson(oofs[5], y), pearson(oofs[10], y)
+    extra = [pearson(cross_validate(x, xm, y, 5, seed=s), y) for s in range(1, args.seeds)]
+    rep = np.mean([r5, *extra], 0)
+    print("\nnested cross-validated Pearson r (fold seed 0)" + (f"; mean of 5-fold over {args.seeds} seeds" if extra else ""))
+    print(f"  {'output':13s} {'5-fold':>7s} {'10-fold':>7s}" + (f" {'5f mean':>7s}" if extra else ""))
+    for j, name in enumerate(H.OUTPUTS):
+        print(f"  {name:13s} {r5[j]:7.4f} {r10[j]:7.4f}" + (f" {rep[j]:7.4f}" if extra else ""))
+
+    if args.no_write:
+        return
+    hp = select(x, y, xm)
+    xtr, ytr = augmented(x, y, xm, np.arange(len(y)))
+    arrays = head_arrays(fit(xtr, ytr, hp), geometry)
+    ref = oofs[10]
+    arrays["ref_scores"] = np.sort(np.clip(ref[:, 0], 0.0, 100.0))
+    arrays["ref_mean"] = ref.mean(0)
+    arrays["ref_sd"] = ref.std(0)
+    small = {k: (v.astype(np.float32) if v.dtype == np.float64 else v) for k, v in arrays.items()}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(args.out, **small)
+    print("\nchosen per output: ridge alpha, kernel gamma x d, kernel alpha, kernel blend weight")
+    for j, name in enumerate(H.OUTPUTS):
+        print(f"  {name:13s} {hp['ridge_alpha'][j]:8.1f} {KRR_GAMMA_MULT[hp['krr_gamma_idx'][j]]:6.3f}"
+              f" {hp['krr_alpha'][j]:7.3f} {hp['blend'][j]:4.1f}")
+    print(f"\nwrote {args.out} ({args.out.stat().st_size / 1024:.0f} KB), version {VERSION}")
+
+
+if __name__ == "__main__":
+    main()
