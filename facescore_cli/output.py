@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .result import COLUMNS, ImageResult
@@ -96,16 +97,22 @@ def _repair_last_line(path: Path) -> None:
 
 
 def results_table(results: list[ImageResult]) -> Table:
+    rows = [row for r in results for row in r.rows()]
+    with_store = any(row.get("store_rank", "") != "" for row in rows)
     table = Table(title="facescore", show_lines=False)
-    for name, justify in (("file", "left"), ("face", "right"), ("score", "right"), ("vibe", "left"),
-                          ("rank", "right"), ("confidence", "right"), ("source", "left"), ("error", "left")):
-        table.add_column(name, justify=justify, overflow="fold")
-    for r in results:
-        for row in r.rows():
-            table.add_row(
-                str(row["path"]), str(row["face"]), _num(row["score"]), str(row["vibe"]), _num(row["rank"]),
-                _num(row["confidence"], 2), str(row["source"]), f"[red]{row['error']}[/red]" if row["error"] else "",
-            )
+    columns = [("file", "left"), ("face", "right"), ("score", "right"), ("vibe", "left"), ("rank", "right")]
+    columns += [("store", "right")] if with_store else []  # store_rank
+    columns += [("conf", "right"), ("source", "left"), ("error", "left")]
+    for name, justify in columns:
+        # numbers never break; on a narrow terminal the words and paths fold instead
+        table.add_column(name, justify=justify, overflow="fold", no_wrap=justify == "right",
+                         min_width=12 if name == "file" else None)
+    for row in rows:
+        cells = [str(row["path"]), str(row["face"]), _num(row["score"]), str(row["vibe"]), _num(row["rank"])]
+        cells += [_num(row.get("store_rank", ""))] if with_store else []
+        cells += [_num(row["confidence"], 2), str(row["source"]),
+                  f"[red]{escape(str(row['error']))}[/red]" if row["error"] else ""]
+        table.add_row(*cells)
     return table
 
 

@@ -46,10 +46,12 @@ class LocalBackend:
         return faces, embed(image, faces)
 
     def warm_up(self) -> None:
-        from .ml import models
+        from .ml import detect, models
         from .ml.head import load_head
 
-        models.hog_detector(), models.landmarks_5(), models.resnet(), load_head()
+        detect.load_models()
+        models.resnet()
+        load_head()
 
 
 def build_chain(settings: Settings) -> list[Backend]:

@@ -101,6 +101,11 @@ def test_submit_then_results_later_with_dedup_and_bad_inputs(redis_server, folde
         assert len(by_path["group.jpg"]) >= (2 if real_ml_available() else 1)  # one row per face
         first = len(w.events("completed")) + len(w.events("failed"))
         assert first == 3
+        if real_ml_available():  # results stored what it collected: the portrait is its own best match
+            res = run_cli(["similar", str(folder / "portrait.jpg"), "--json"], env)
+            assert res.returncode == 0, res.stderr
+            top = json.loads(res.stdout)[0]
+            assert top["similarity"] > 0.99 and Path(top["path"]).name in ("portrait.jpg", "same-bytes.jpg")
 
         # Collect again, as JSON: same answers, nothing scored again.
         res = run_cli(["results", sub["batch"], "--json"], env)

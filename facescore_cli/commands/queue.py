@@ -16,6 +16,7 @@ from .. import output, pipeline, queue
 from ..config import Settings
 from ..errors import ConfigError, ServiceUnavailable
 from ..result import ImageResult
+from ..store import remember_all
 
 out = Console()
 err = Console(stderr=True)
@@ -39,6 +40,8 @@ def submit(
                                       show_default=False),
     keep: int = typer.Option(queue.KEEP_RESULTS_S, "--keep", help="Seconds the batch record stays in Redis."),
     as_json: bool = typer.Option(False, "--json", help='Print {"batch", "jobs", "inputs", "errors"} instead of the id.'),
+    store: bool = typer.Option(True, "--store/--no-store",
+                               help="Keep the results in the face store when they are collected with `results`."),
 ) -> None:
     """Put images on the Redis queue and print the batch id at once; collect with `facescore results`.
 
@@ -65,7 +68,7 @@ def submit(
     try:
         workers = queue.live_workers(settings)
         batch = queue.run(queue.submit(((i.path, i.display) for i in found.items), settings, keep_s=keep,
-                                       workers=workers))
+                                       workers=workers, store=store))
     except ServiceUnavailable as exc:
         err.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(2) from None
@@ -131,7 +134,8 @@ def results(
         with progress:
             task = progress.add_task(f"batch {batch_id}", total=len(batch.entries))
             try:
-                for r in queue.iterate(queue.collect(batch, settings, wait=wait, warn=_say, pending=pending)):
+                arriving = queue.iterate(queue.collect(batch, settings, wait=wait, warn=_say, pending=pending))
+                for r in remember_all(arriving, settings, _say, enabled=batch.store):
                     collected.append(r)
                     if writer is not None:
                         writer.write(r)

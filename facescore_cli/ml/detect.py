@@ -35,6 +35,12 @@ PNET_THRESHOLD, RNET_THRESHOLD = 0.6, 0.7
 HOG_BOX_DX, HOG_BOX_DY, HOG_BOX_SIDE = -0.073, 0.1197, 4.0617
 
 
+def load_models() -> None:
+    """Load the detector's weights now rather than on the first image."""
+    mtcnn._sessions()
+    models.landmarks_5()
+
+
 def detect(image: DecodedImage, *, min_face: int = 40) -> list[Face]:
     """Find every face at least `min_face` pixels wide (in the original image's pixels)."""
     return detect_pixels(image.pixels, image.scale, min_face=min_face)
