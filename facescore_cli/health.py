@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from .config import Settings
-from .errors import ConfigError
+from .errors import ConfigError, ServiceUnavailable
 
 OK, NOT_CONFIGURED, DISABLED = "ok", "not configured", "disabled"
 UNREACHABLE, UNAUTHORIZED, TIMEOUT, ERROR, LOCKED = "unreachable", "unauthorized", "timeout", "error", "locked"
@@ -29,6 +29,7 @@ class Check:
     status: str
     detail: str
     latency_ms: float | None = None
+    workers: int | None = None  # Redis only: live `facescore worker`s on FACESCORE_QUEUE
 
     @property
     def ok(self) -> bool:
@@ -39,6 +40,8 @@ class Check:
         data["ok"] = self.ok
         if self.latency_ms is not None:
             data["latency_ms"] = round(self.latency_ms, 1)
+        if self.workers is None:
+            del data["workers"]
         return data
 
 
@@ -89,6 +92,8 @@ def _verdict(settings: Settings, checks: list[Check], head_ok: bool) -> Report:
         return Report(checks, None, "USE_REAL_ML=false: every score would be simulated")
     if settings.via == "queue" and not redis.ok:
         return Report(checks, None, "FACESCORE_VIA=queue but Redis does not answer")
+    if settings.via == "queue" and not redis.workers:
+        return Report(checks, None, f"FACESCORE_VIA=queue but no worker is alive on queue {settings.queue!r}")
     remote = detection.ok and embedding.ok and head_ok
     fallback = settings.fallback_to_local and local.ok
     if remote:
@@ -111,14 +116,17 @@ def _verdict(settings: Settings, checks: list[Check], head_ok: bool) -> Report:
 
 
 def check_redis(settings: Settings) -> Check:
-    """PING REDIS_URL. (Kept small: the queue adds the worker liveness here.)"""
+    """PING REDIS_URL, then count the workers whose heartbeat is fresh on FACESCORE_QUEUE."""
     import redis
+
+    from .queue import live_workers
 
     url = redact(settings.redis_url)
     start = time.perf_counter()
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1.0, socket_timeout=1.0)
     try:
         client.ping()
+        workers = live_workers(settings)
     except redis.AuthenticationError:
         return Check("Redis", UNAUTHORIZED, f"{url} refused the password: fix it in REDIS_URL", _since(start))
     except redis.TimeoutError:
@@ -126,11 +134,16 @@ def check_redis(settings: Settings) -> Check:
     except (redis.ConnectionError, OSError) as exc:
         return Check("Redis", UNREACHABLE, f"{_refused(exc, url)} — start Redis (`redis-server`) or set REDIS_URL "
                      "(only the queue needs it: `--via local` works without)", _since(start))
-    except redis.RedisError as exc:
+    except (redis.RedisError, ServiceUnavailable) as exc:
         return Check("Redis", ERROR, f"{url}: {exc}", _since(start))
     finally:
         client.close()
-    return Check("Redis", OK, f"{url} answers PING", _since(start))
+    if not workers:
+        detail = f"{url} answers PING; no live worker on queue {settings.queue!r} — start one with `facescore worker`"
+    else:
+        slots = sum(int(w.get("concurrency") or 1) for w in workers)
+        detail = f"{url} answers PING; {len(workers)} live worker(s), {slots} slot(s) on queue {settings.queue!r}"
+    return Check("Redis", OK, detail, _since(start), workers=len(workers))
 
 
 def check_service(kind: str, url: str | None, settings: Settings) -> Check:

@@ -187,3 +187,23 @@ def test_configuration_errors_exit_2(clean_env, monkeypatch, name, value):
     result = CliRunner().invoke(app, ["health"])
     assert result.exit_code == 2
     assert name in result.output
+
+
+def test_redis_row_counts_live_workers_and_a_queue_setup_needs_one(env, redis_server, tmp_path):
+    from queue_support import WorkerProc, base_env
+
+    wenv = base_env(redis_server.url, tmp_path / "home")
+    env.setenv("FACESCORE_QUEUE", wenv["FACESCORE_QUEUE"])
+    env.setenv("FACESCORE_VIA", "queue")
+    code, report = _health()
+    redis = _rows(report)["Redis"]
+    assert redis["status"] == "ok" and redis["workers"] == 0 and "facescore worker" in redis["detail"]
+    assert code == 1 and "no worker" in report["summary"]
+    worker = WorkerProc(wenv, tmp_path / "w.log", concurrency=1).wait_started()
+    try:
+        code, report = _health()
+        redis = _rows(report)["Redis"]
+        assert redis["workers"] == 1 and "1 live worker(s)" in redis["detail"]
+        assert code == 0
+    finally:
+        worker.stop()
