@@ -107,6 +107,36 @@ def bench(folder: Path, count: int, cpus: int, label: str) -> dict:
             "ratio": a_sec / f_sec, "anchor_mb": a_mem, "facescore_mb": f_mem, "faces": faces, "anchor_faces": anchor_faces}
 
 
+def stage_times(folder: Path, limit: int = 30) -> dict[str, float]:
+    """Milliseconds per image of each stage, in this process (one core), on the first images."""
+    from facescore_cli import images
+    from facescore_cli.ml import detect, embed
+    from facescore_cli.ml.head import load_head
+
+    files = sorted(folder.glob("*.jpg"))[:limit]
+    head = load_head()
+    detect.load_models()
+    embed.embed_chips(embed.chips(images.decode(files[0].read_bytes()),
+                                  detect.detect(images.decode(files[0].read_bytes()))))  # warm
+    total = dict.fromkeys(("decode", "detect", "align", "embed", "head"), 0.0)
+    for f in files:
+        data = f.read_bytes()
+        t0 = time.perf_counter()
+        img = images.decode(data)
+        t1 = time.perf_counter()
+        faces = detect.detect(img)
+        t2 = time.perf_counter()
+        chips = embed.chips(img, faces)
+        t3 = time.perf_counter()
+        vecs = embed.embed_chips(chips)
+        t4 = time.perf_counter()
+        head.predict(vecs, faces)
+        t5 = time.perf_counter()
+        for k, a, b in (("decode", t0, t1), ("detect", t1, t2), ("align", t2, t3), ("embed", t3, t4), ("head", t4, t5)):
+            total[k] += (b - a) * 1000
+    return {k: v / len(files) for k, v in total.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=100)
@@ -122,12 +152,14 @@ def main() -> None:
             d.mkdir()
             portraits(d, args.images)
             rows.append(bench(d, args.images, args.cpus, "portraits 1024x1024"))
+            rows[-1]["stages"] = stage_times(d)
         if args.kind in ("groups", "both"):
             d = Path(tmp) / "groups"
             d.mkdir()
             pasted = groups(d, max(args.images // 5, 4))
             r = bench(d, max(args.images // 5, 4), args.cpus, "groups 1600x1200")
             r["truth_faces"] = pasted
+            r["stages"] = stage_times(d)
             rows.append(r)
     print(f"cpus={args.cpus}")
     print(f"{'set':22} {'images':>6} {'anchor img/s':>12} {'facescore img/s':>15} {'ratio':>6} "
@@ -137,6 +169,9 @@ def main() -> None:
         print(f"{r['label']:22} {r['images']:>6} {r['anchor_rate']:>12.2f} {r['facescore_rate']:>15.2f} "
               f"{r['ratio']:>5.2f}x {r['anchor_mb']:>9.0f} {r['facescore_mb']:>12.0f} "
               f"{r['faces']:>6} ({r['anchor_faces']}){extra}")
+    print("facescore stage times, ms per image on one core:")
+    for r in rows:
+        print(f"  {r['label']:22} " + "  ".join(f"{k} {v:.1f}" for k, v in r["stages"].items()))
 
 
 if __name__ == "__main__":
