@@ -109,7 +109,7 @@ def score(
 
     [bold]Examples[/bold]
 
-      facescore score examples/faces/omi-2.jpg
+      facescore score examples/faces/omi-46.jpg
 
       facescore score a.jpg b.png --json
     """
