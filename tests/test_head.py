@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from facescore_cli.images import decode
-from facescore_cli.ml import detect, embed
-from facescore_cli.ml.head import OUTPUTS, TRAITS, VIBE_WORDS, Head, load_head, percentile
+from facescore_cli.ml import detect, embed, features
+from facescore_cli.ml.head import OUTPUTS, TRAITS, VECTOR_DIM, VIBE_WORDS, Head, load_head, percentile
 
 OMI = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "omi"
 FORBIDDEN = (
@@ -132,4 +132,50 @@ def test_bad_input_is_refused(omi_faces):
         head.predict(emb[:2], faces[:1])
     with pytest.raises(ValueError):
         head.predict(emb[:, :64], faces)
+    with pytest.raises(ValueError, match="embed.embed"):  # a bare ResNet embedding is not enough
+        head.predict(emb[:, :128], faces)
     assert isinstance(head, Head)
+
+
+def test_refuses_a_head_for_other_vectors(tmp_path):
+    with np.load(Path(__file__).resolve().parents[1] / "facescore_cli/ml/weights/omi-head.npz") as data:
+        arrays = {k: data[k] for k in data.files}
+    for k in ("x_mean", "x_scale"):
+        arrays[k] = np.concatenate([arrays[k][:128], arrays[k][VECTOR_DIM:]])  # a 128-d-input head
+    path = tmp_path / "old.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError, match="retrain"):
+        load_head(path)
+
+
+def test_vector_is_the_embedding_then_the_chip_statistics():
+    rows = _attractive()
+    img = decode((OMI / "images" / f"{rows[len(rows) // 2][0]}.jpg").read_bytes())
+    faces = detect.detect(img)[:1]
+    vec = embed.embed(img, faces)
+    assert vec.shape == (1, VECTOR_DIM) == (1, embed.VECTOR_DIM) and vec.dtype == np.float32
+    chip = embed.chips(img, faces)[0]
+    assert np.array_equal(embed.identity(vec), embed.embed_chips([chip]))
+    assert np.array_equal(vec[0, embed.RESNET_DIM:], features.chip_stats(chip).astype(np.float32))
+    assert embed.embed(img, []).shape == (0, VECTOR_DIM)
+
+
+def test_chip_stats_on_known_colours():
+    assert np.allclose(features.lab_planes(np.full((1, 1, 3), 255, np.uint8))[:, 0, 0], [100.0, 0.0, 0.0], atol=0.01)
+    red = features.lab_planes(np.array([[[255, 0, 0]]], np.uint8))[:, 0, 0]
+    assert np.allclose(red, [53.24, 80.09, 67.20], atol=0.02)
+    grey = np.full((150, 150, 3), 119, np.uint8)  # sRGB 119 is L* 50
+    stats = features.chip_stats(grey)
+    assert stats.shape == (features.CHIP_STATS_DIM,) and np.isfinite(stats).all()
+    n_colour = 6 * (len(features.REGIONS) + 1)
+    colour = stats[:n_colour].reshape(-1, 2, 3)
+    assert np.allclose(colour[:, 0], [50.0, 0.0, 0.0], atol=0.1)  # means
+    assert np.allclose(colour[:, 1], 0.0, atol=1e-4)  # SDs (from E[x²] - E[x]², so not exactly 0)
+    assert np.allclose(stats[n_colour:], [np.log(1e-6)] * (stats.size - n_colour - 2) + [0.0, 0.0])
+    # a chip and its mirror image have the same colour statistics and asymmetry
+    rng = np.random.default_rng(0)
+    chip = rng.integers(0, 256, (150, 150, 3), dtype=np.uint8)
+    a, b = features.chip_stats(chip), features.chip_stats(np.ascontiguousarray(chip[:, ::-1]))
+    assert np.allclose(a[:n_colour], b[:n_colour]) and np.allclose(a[-2:], b[-2:])
+    with pytest.raises(ValueError):
+        features.chip_stats(grey[:100])

@@ -1,8 +1,8 @@
 """Features for the scoring head, extracted with the runtime pipeline so training and serving match.
 
-decode -> detect (largest face) -> chips -> `embed_chips` on the chip (what `embed` returns at
-runtime) and on its mirror image: the mirror rows augment training and let the flip-averaging
-decision be measured (train_head.py --embedding flip-avg).
+decode -> detect (largest face) -> chips -> `embed.vectors` (ResNet embedding + chip statistics)
+of the chip (what `embed` returns at runtime) and of its mirror image: the mirror rows augment
+training and let the flip-averaging decision be measured (train_head.py --embedding flip-avg).
 The cache in training/cache/ is keyed by a hash of the pipeline's source and model files.
 """
 from __future__ import annotations
@@ -26,10 +26,10 @@ CACHE = ROOT / "training" / "cache"
 
 def pipeline_hash() -> str:
     from facescore_cli import images
-    from facescore_cli.ml import detect, embed, models
+    from facescore_cli.ml import detect, embed, features, models
 
     h = hashlib.sha256()
-    for mod in (images, detect, embed, models):
+    for mod in (images, detect, embed, features, models):
         h.update(inspect.getsource(mod).encode())
     for p in (models.LANDMARKS_5_PATH, models.RESNET_PATH):
         st = os.stat(p)
@@ -48,10 +48,10 @@ def _one(stimulus: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.nda
     f = faces[0]
     chip = embed.chips(img, [f])[0]
     runtime = embed.embed(img, [f])[0]
-    own = embed.embed_chips([chip])[0]
-    if not np.allclose(runtime, own, atol=1e-5):
-        raise RuntimeError("embed() no longer equals embed_chips(chips()): update training/features.py")
-    mirror = embed.embed_chips([np.ascontiguousarray(chip[:, ::-1])])[0]
+    own = embed.vectors([chip])[0]
+    if not np.array_equal(runtime, own):
+        raise RuntimeError("embed() no longer equals vectors(chips()): update training/features.py")
+    mirror = embed.vectors([np.ascontiguousarray(chip[:, ::-1])])[0]
     return (
         stimulus,
         runtime,
@@ -80,8 +80,10 @@ def load(processes: int = 2) -> dict[str, np.ndarray]:
             return data
     CACHE.mkdir(parents=True, exist_ok=True)
     n = len(stim)
-    emb = np.full((n, 128), np.nan, np.float32)
-    emb_flip = np.full((n, 128), np.nan, np.float32)
+    from facescore_cli.ml.embed import VECTOR_DIM
+
+    emb = np.full((n, VECTOR_DIM), np.nan, np.float32)
+    emb_flip = np.full((n, VECTOR_DIM), np.nan, np.float32)
     box = np.full((n, 4), np.nan, np.float32)
     marks = np.full((n, 5, 2), np.nan, np.float32)
     index = {int(s): i for i, s in enumerate(stim)}

@@ -1,4 +1,13 @@
-"""faces -> vectors: align each face to a 150 px chip and run dlib's ResNet (128-d)."""
+"""faces -> vectors: align each face to a 150 px chip; the vector is dlib's ResNet embedding of the
+chip (128-d, the face's identity) followed by cheap appearance statistics of the same chip.
+
+    vector = [ResNet embedding (RESNET_DIM = 128) | features.chip_stats (CHIP_STATS_DIM = 112)]
+
+`embed` is the one function that both local scoring and the embedding service (`POST /embed`)
+call, so a remote vector equals the local one and the scoring head sees the same input either
+way. Identity uses (similarity search) must take the first RESNET_DIM components only: see
+`identity`.
+"""
 from __future__ import annotations
 
 import dlib
@@ -6,10 +15,13 @@ import numpy as np
 
 from ..images import DecodedImage
 from . import models
+from .features import CHIP_STATS_DIM, chip_stats
 from .types import Face
 
 CHIP_SIZE = 150
 CHIP_PADDING = 0.25
+RESNET_DIM = 128
+VECTOR_DIM = RESNET_DIM + CHIP_STATS_DIM
 
 
 def chips(image: DecodedImage, faces: list[Face]) -> list[np.ndarray]:
@@ -24,7 +36,7 @@ def chips(image: DecodedImage, faces: list[Face]) -> list[np.ndarray]:
 
 
 def embed_chips(face_chips: list[np.ndarray]) -> np.ndarray:
-    """(n, 128) float32 embeddings, one ResNet pass per chip.
+    """(n, RESNET_DIM) float32 embeddings, one ResNet pass per chip.
 
     No mirror-image pass: averaging the chip's and its mirror's embeddings lifted the head's
     cross-validated r for 'attractive' by under 0.001 on OMI (0.8191 vs 0.8188, 10-fold; see
@@ -32,10 +44,24 @@ def embed_chips(face_chips: list[np.ndarray]) -> np.ndarray:
     The head is trained with the mirror images as extra rows instead, which recovers most of it.
     """
     if not face_chips:
-        return np.zeros((0, models.EMBEDDING_DIM), dtype=np.float32)
+        return np.zeros((0, RESNET_DIM), dtype=np.float32)
     vecs = models.resnet().compute_face_descriptor(face_chips)
-    return np.asarray(vecs, dtype=np.float32).reshape(-1, models.EMBEDDING_DIM)
+    return np.asarray(vecs, dtype=np.float32).reshape(-1, RESNET_DIM)
+
+
+def vectors(face_chips: list[np.ndarray]) -> np.ndarray:
+    """(n, VECTOR_DIM) float32: each chip's ResNet embedding, then its `chip_stats`."""
+    if not face_chips:
+        return np.zeros((0, VECTOR_DIM), dtype=np.float32)
+    stats = np.stack([chip_stats(c) for c in face_chips]).astype(np.float32)
+    return np.hstack([embed_chips(face_chips), stats])
+
+
+def identity(vecs: np.ndarray) -> np.ndarray:
+    """The identity part (the ResNet embedding) of vectors from `embed`."""
+    return np.asarray(vecs)[..., :RESNET_DIM]
 
 
 def embed(image: DecodedImage, faces: list[Face]) -> np.ndarray:
-    return embed_chips(chips(image, faces))
+    """(n, VECTOR_DIM) float32 vectors, one per face, in the order given."""
+    return vectors(chips(image, faces))

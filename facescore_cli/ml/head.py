@@ -3,11 +3,14 @@
 The head is a small `.npz` file (`weights/omi-head.npz`, made by `training/train_head.py`)
 trained on the OMI dataset's mean human ratings (CC BY-NC-SA 4.0, see `weights/README.md`).
 
-Input: one 128-d face embedding per face (the runtime pipeline's flip-averaged dlib ResNet
-vector) plus the detected `Face`, whose five landmarks give a few scale- and mirror-invariant
-proportions (eye widths, eye gap, nose drop, yaw). Features are standardized with the training
-means and scales, then each output is a blend of a linear ridge model and an RBF kernel ridge
-model whose support vectors are the 800 training faces.
+Input: one vector per face as `embed.embed` returns it (`VECTOR_DIM` = 240: the 128-d dlib
+ResNet embedding of the aligned chip, then 112 colour and texture statistics of the same chip,
+see `features.chip_stats`) plus the detected `Face`, whose five landmarks give a few scale- and
+mirror-invariant proportions (eye widths, eye gap, nose drop, yaw). Features are standardized
+with the training means and scales and weighted per group (the chip statistics count for less
+in the kernel's distance than the embedding: the weight is folded into the stored scales), then
+each output is a blend of a linear ridge model and an RBF kernel ridge model whose support
+vectors are the 800 training faces and their mirror images.
 
 - `score`: the predicted mean 'attractive' rating (0-100 scale of the raters), clipped to 0-100.
 - `traits`: the predicted mean rating of each allowed trait (`TRAITS`), clipped to 0-100
@@ -34,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .features import CHIP_STATS_DIM
 from .types import Face, Prediction
 
 SCORE_TARGET = "attractive"
@@ -55,14 +59,16 @@ VIBE_WORDS = {
     "smug": "smug",
     "dorky": "quirky",
 }
-EMBEDDING_DIM = 128
+RESNET_DIM = 128
+VECTOR_DIM = RESNET_DIM + CHIP_STATS_DIM  # = embed.VECTOR_DIM (embed imports dlib; this stays numpy only)
+GEOMETRY_DIM = 6
 DEFAULT_PATH = Path(__file__).parent / "weights" / "omi-head.npz"
 
 
 def face_geometry(faces: list[Face]) -> np.ndarray:
     """(n, 6) proportions from dlib's five landmarks, in units of the distance between the eye
     centres, so they ignore scale and roll; symmetric ones so a mirrored face gives the same."""
-    out = np.zeros((len(faces), 6), dtype=np.float64)
+    out = np.zeros((len(faces), GEOMETRY_DIM), dtype=np.float64)
     for i, face in enumerate(faces):
         p = np.asarray(face.landmarks, dtype=np.float64)  # eye A outer, inner; eye B outer, inner; nose
         a, b = p[0:2].mean(0), p[2:4].mean(0)
@@ -82,11 +88,11 @@ def face_geometry(faces: list[Face]) -> np.ndarray:
     return out
 
 
-def features(embeddings: np.ndarray, faces: list[Face], *, geometry: bool = True) -> np.ndarray:
-    """The head's raw input row per face: the embedding, then (optionally) the geometry."""
+def features(embeddings: np.ndarray, faces: list[Face], *, geometry: bool = True, dim: int = VECTOR_DIM) -> np.ndarray:
+    """The head's raw input row per face: the vector from `embed`, then (optionally) the geometry."""
     emb = np.asarray(embeddings, dtype=np.float64)
-    if emb.ndim != 2 or emb.shape[1] != EMBEDDING_DIM:
-        raise ValueError(f"embeddings must be (n, {EMBEDDING_DIM}), got {emb.shape}")
+    if emb.ndim != 2 or emb.shape[1] != dim:
+        raise ValueError(f"embeddings must be (n, {dim}) vectors from embed.embed, got {emb.shape}")
     if len(faces) != emb.shape[0]:
         raise ValueError(f"{emb.shape[0]} embeddings but {len(faces)} faces")
     return np.hstack([emb, face_geometry(faces)]) if geometry else emb
@@ -109,7 +115,10 @@ class Head:
         self.version = str(arrays["version"])
         self._geometry = bool(arrays["geometry"])
         self._mean = arrays["x_mean"].astype(np.float64)
-        self._scale = arrays["x_scale"].astype(np.float64)
+        self._scale = arrays["x_scale"].astype(np.float64)  # training SD / group weight
+        self._dim = len(self._mean) - (GEOMETRY_DIM if self._geometry else 0)
+        if self._dim != VECTOR_DIM:
+            raise ValueError(f"head file takes {self._dim}-d vectors, embed.embed gives {VECTOR_DIM}: retrain it")
         self._lin_coef = arrays["lin_coef"].astype(np.float64)  # (d, T)
         self._lin_bias = arrays["lin_bias"].astype(np.float64)  # (T,)
         self._sv = arrays["krr_support"].astype(np.float64)  # (m, d), standardized
@@ -125,7 +134,7 @@ class Head:
 
     def raw(self, embeddings: np.ndarray, faces: list[Face]) -> np.ndarray:
         """(n, len(OUTPUTS)) unclipped predicted ratings, columns in `OUTPUTS` order."""
-        x = (features(embeddings, faces, geometry=self._geometry) - self._mean) / self._scale
+        x = (features(embeddings, faces, geometry=self._geometry, dim=self._dim) - self._mean) / self._scale
         # Row by row: BLAS sums a batch in a different order than a single row, and a face's
         # score must not depend on which other faces share its image.
         return np.stack([self._row(r) for r in x]) if len(x) else np.zeros((0, len(OUTPUTS)))
