@@ -128,7 +128,7 @@ def stage_times(folder: Path, limit: int = 30) -> dict[str, float]:
         t2 = time.perf_counter()
         chips = embed.chips(img, faces)
         t3 = time.perf_counter()
-        vecs = embed.embed_chips(chips)
+        vecs = embed.vectors(chips)
         t4 = time.perf_counter()
         head.predict(vecs, faces)
         t5 = time.perf_counter()

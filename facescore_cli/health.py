@@ -217,7 +217,7 @@ def check_local_models(settings: Settings) -> tuple[Check, bool]:
         import numpy as np
 
         from .images import DecodedImage
-        from .ml import models
+        from .ml import models, resnet
         from .ml import detect as _detect
 
         t = time.perf_counter()
@@ -226,7 +226,7 @@ def check_local_models(settings: Settings) -> tuple[Check, bool]:
         models.landmarks_5()
         detector_ms = _since(t)
         t = time.perf_counter()
-        models.resnet()
+        resnet.session()
         resnet_ms = _since(t)
     except Exception as exc:  # a missing weight file, a broken native library...
         return Check(name, ERROR, f"the local models do not load: {type(exc).__name__}: {exc} — reinstall facescore",

@@ -46,11 +46,11 @@ class LocalBackend:
         return faces, embed(image, faces)
 
     def warm_up(self) -> None:
-        from .ml import detect, models
+        from .ml import detect, resnet
         from .ml.head import load_head
 
         detect.load_models()
-        models.resnet()
+        resnet.session()
         load_head()
 
 
@@ -131,6 +131,7 @@ class Scorer:
         return self._finish(ImageResult(path=path, error=reason), digest, image, start)
 
     def _from_model(self, path: str, faces: list[Face], vectors: np.ndarray, source: str) -> ImageResult:
+        from .ml.embed import identity
         from .ml.head import load_head
 
         head = load_head(self.settings.head_path)
@@ -142,7 +143,8 @@ class Scorer:
             faces=[_face_result(f, p) for f, p in zip(faces, preds)],
             source=source,
             model=head.version,
-            embeddings=[[float(v) for v in row] for row in vectors],
+            # the store keeps the identity part only: similarity is about who, not about lighting
+            embeddings=[[float(v) for v in row] for row in identity(vectors)],
         )
 
     @staticmethod

@@ -23,6 +23,7 @@ from facescore_cli import images, pipeline
 from facescore_cli.cli import app
 from facescore_cli.config import Settings
 from facescore_cli.errors import ServiceUnavailable
+from facescore_cli.ml import models
 from facescore_cli.ml.detect import detect
 from facescore_cli.scoring import LocalBackend, Scorer, build_chain
 from facescore_cli.services.client import Breaker, RemoteBackend
@@ -181,7 +182,7 @@ class Stub:
         image = images.decode(PORTRAIT.read_bytes())
         self.size = (image.width, image.height)
         self.faces = [f.to_json() for f in detect(image)]
-        self.vectors = [[0.01] * 128 for _ in self.faces]
+        self.vectors = [[0.01] * models.EMBEDDING_DIM for _ in self.faces]
         api = FastAPI()
 
         @api.get("/health")
@@ -207,16 +208,16 @@ class Stub:
         async def embed_(request: Request) -> Any:
             self.calls["/embed"] += 1
             await request.body()
-            model = "dlib_face_recognition_resnet_model_v1"
+            model = models.EMBEDDING_MODEL
             if self.mode == "embed-short":
                 return {"model": model, "dim": 64, "embeddings": [[0.1] * 64 for _ in self.faces]}
             if self.mode == "embed-count":
-                return {"model": model, "dim": 128, "embeddings": self.vectors * 2}
+                return {"model": model, "dim": models.EMBEDDING_DIM, "embeddings": self.vectors * 2}
             if self.mode == "embed-model":
-                return {"model": "facenet", "dim": 128, "embeddings": self.vectors}
+                return {"model": "facenet", "dim": models.EMBEDDING_DIM, "embeddings": self.vectors}
             if self.mode == "embed-truncated":
                 return PlainTextResponse('{"model": "dlib', media_type="application/json")
-            return {"model": model, "dim": 128, "embeddings": self.vectors}
+            return {"model": model, "dim": models.EMBEDDING_DIM, "embeddings": self.vectors}
 
         self.port = free_port()
         self.server = uvicorn.Server(uvicorn.Config(api, host="127.0.0.1", port=self.port, log_level="warning"))
@@ -248,7 +249,7 @@ def stub():
     ("detect-wrong-size", "10x10"),
     ("detect-bad-face", "malformed answer"),
     ("embed-short", r"\(1, 64\)"),
-    ("embed-count", r"\(2, 128\)"),
+    ("embed-count", rf"\(2, {models.EMBEDDING_DIM}\)"),
     ("embed-model", "facenet"),
     ("embed-truncated", "malformed JSON"),
 ])
@@ -282,7 +283,7 @@ def test_the_breaker_stops_calls_then_probes_and_recovers(clean_env, stub):
     now[0] = 62.0
     stub.mode = "ok"
     faces, vectors = remote.analyze(image, data)
-    assert len(faces) == 1 and vectors.shape == (1, 128)
+    assert len(faces) == 1 and vectors.shape == (1, models.EMBEDDING_DIM)
     assert remote.detection.breaker.state == "closed"
 
 

@@ -22,6 +22,7 @@ from facescore_cli import images
 from facescore_cli.cli import app
 from facescore_cli.ml.detect import detect
 from facescore_cli.ml.embed import embed
+from facescore_cli.ml import models
 from facescore_cli.ml.types import Face
 
 TOKEN = "t0ken-for-tests"
@@ -160,9 +161,9 @@ def test_embed_matches_local_embedding(pair, group_bytes):
     r = httpx.post(emb.url + "/embed", json={"image": _b64(group_bytes), "faces": faces}, headers=emb.headers, timeout=30)
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["dim"] == 128 and body["model"] == "dlib_face_recognition_resnet_model_v1"
+    assert body["dim"] == models.EMBEDDING_DIM and body["model"] == models.EMBEDDING_MODEL
     vectors = np.asarray(body["embeddings"], dtype=np.float32)
-    assert vectors.shape == (5, 128)
+    assert vectors.shape == (5, models.EMBEDDING_DIM)
     expected = embed(image, [Face.from_json(f) for f in faces])
     np.testing.assert_allclose(vectors, expected, atol=1e-6)
 

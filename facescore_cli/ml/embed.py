@@ -14,7 +14,7 @@ import dlib
 import numpy as np
 
 from ..images import DecodedImage
-from . import models
+from . import resnet
 from .features import CHIP_STATS_DIM, chip_stats
 from .types import Face
 
@@ -45,8 +45,8 @@ def embed_chips(face_chips: list[np.ndarray]) -> np.ndarray:
     """
     if not face_chips:
         return np.zeros((0, RESNET_DIM), dtype=np.float32)
-    vecs = models.resnet().compute_face_descriptor(face_chips)
-    return np.asarray(vecs, dtype=np.float32).reshape(-1, RESNET_DIM)
+    # dlib's own network, run by onnxruntime: same weights, ~20x faster than dlib-bin's CPU code
+    return resnet.descriptors(face_chips)
 
 
 def vectors(face_chips: list[np.ndarray]) -> np.ndarray:

