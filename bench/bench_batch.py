@@ -36,11 +36,11 @@ def portraits(dst: Path, n: int) -> list[Path]:
     return files
 
 
-def groups(dst: Path, n: int, seed: int = 11) -> int:
-    """n 1600x1200 collages; returns the number of faces pasted."""
+def groups(dst: Path, n: int, seed: int = 11) -> dict[str, list[tuple[int, int, int]]]:
+    """n 1600x1200 collages; returns, per file name, the pasted squares (centre x, centre y, side)."""
     rng = np.random.default_rng(seed)
     pool = sorted(OMI.glob("*.jpg"), key=lambda p: int(p.stem))
-    total = 0
+    truth: dict[str, list[tuple[int, int, int]]] = {}
     for i in range(n):
         yy, xx = np.mgrid[0:1200, 0:1600]
         bg = np.stack([80 + 70 * xx / 1600, 100 + 50 * yy / 1200, 150 - 60 * xx / 1600], 2) + rng.normal(0, 8, (1200, 1600, 3))
@@ -62,17 +62,17 @@ def groups(dst: Path, n: int, seed: int = 11) -> int:
             angle = float(rng.uniform(-20, 20))
             canvas.paste(face.rotate(angle, Image.BICUBIC), (x, y), mask.filter(ImageFilter.GaussianBlur(size / 40)).rotate(angle))
             occupied.append((x + size // 2, y + size // 2, size))
-            total += 1
         canvas.save(dst / f"group-{i:03d}.jpg", quality=85)
-    return total
+        truth[f"group-{i:03d}.jpg"] = occupied
+    return truth
 
 
-def run(cmd: list[str]) -> tuple[float, float, str]:
+def run(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
     """Wall seconds and peak RSS (MB, largest single process of the tree) of a command."""
     import psutil
 
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     peak = 0.0
     outbuf: list[str] = []
     reader = threading.Thread(target=lambda: outbuf.append(proc.stdout.read()), daemon=True)
@@ -98,13 +98,45 @@ def bench(folder: Path, count: int, cpus: int, label: str) -> dict:
     a_sec, a_mem, a_out = run([anchor_bin, "--cpus", str(cpus), str(known), str(folder)])
     out_csv = folder.parent / f"{folder.name}.csv"
     facescore = str(Path(sys.executable).parent / "facescore")
-    f_sec, f_mem, _ = run([facescore, "batch", str(folder), "--out", str(out_csv), "--jobs", str(cpus), "--via", "local"])
+    # default settings (the face store included), in a fresh FACESCORE_HOME so runs compare
+    env = {**os.environ, "FACESCORE_HOME": str(folder.parent / f"{folder.name}-home")}
+    f_sec, f_mem, _ = run([facescore, "batch", str(folder), "--out", str(out_csv), "--jobs", str(cpus), "--via", "local"],
+                          env)
     with out_csv.open() as fh:
         rows = list(csv.DictReader(fh))
     faces = sum(1 for r in rows if r["face"] != "")
     anchor_faces = sum(1 for line in a_out.splitlines() if line.strip())
-    return {"label": label, "images": count, "anchor_rate": count / a_sec, "facescore_rate": count / f_sec,
+    return {"rows": rows, "label": label, "images": count, "anchor_rate": count / a_sec, "facescore_rate": count / f_sec,
             "ratio": a_sec / f_sec, "anchor_mb": a_mem, "facescore_mb": f_mem, "faces": faces, "anchor_faces": anchor_faces}
+
+
+def accuracy(rows: list[dict], truth: dict[str, list[tuple[int, int, int]]]) -> tuple[float, float]:
+    """(recall, precision) of the detections: a detection matches a pasted face when its centre
+    lies in the face's half-side core of the pasted square and its width is 30-90% of the side."""
+    found = 0
+    matched: set[tuple[str, int]] = set()
+    detections = [r for r in rows if r["face"] != ""]
+    for r in detections:
+        name = Path(r["path"]).name
+        cx, cy = float(r["x"]) + float(r["width"]) / 2, float(r["y"]) + float(r["height"]) / 2
+        for j, (tx, ty, side) in enumerate(truth.get(name, [])):
+            if abs(cx - tx) < side / 4 and abs(cy - ty) < side / 4 and 0.3 * side < float(r["width"]) < 0.9 * side \
+                    and (name, j) not in matched:
+                matched.add((name, j))
+                found += 1
+                break
+    total = sum(len(v) for v in truth.values())
+    return found / max(total, 1), found / max(len(detections), 1)
+
+
+def ratings_r(rows: list[dict]) -> float:
+    """Pearson r of the scores with OMI's mean 'attractive' ratings (largest face per image)."""
+    with (OMI.parent / "ratings.csv").open() as fh:
+        human = {r["stimulus"]: float(r["attractive"]) for r in csv.DictReader(fh)}
+    pairs = [(float(r["score"]), human[Path(r["path"]).stem]) for r in rows
+             if r["face"] == "0" and Path(r["path"]).stem in human]
+    a = np.array(pairs)
+    return float(np.corrcoef(a[:, 0], a[:, 1])[0, 1])
 
 
 def stage_times(folder: Path, limit: int = 30) -> dict[str, float]:
@@ -151,15 +183,19 @@ def main() -> None:
             d = Path(tmp) / "portraits"
             d.mkdir()
             portraits(d, args.images)
-            rows.append(bench(d, args.images, args.cpus, "portraits 1024x1024"))
-            rows[-1]["stages"] = stage_times(d)
+            r = bench(d, args.images, args.cpus, "portraits 1024x1024")
+            r["stages"] = stage_times(d)
+            r["accuracy"] = f"r with human ratings {ratings_r(r['rows']):.3f} (training faces: a check that the pipeline is intact)"
+            rows.append(r)
         if args.kind in ("groups", "both"):
             d = Path(tmp) / "groups"
             d.mkdir()
-            pasted = groups(d, max(args.images // 5, 4))
+            truth = groups(d, max(args.images // 5, 4))
             r = bench(d, max(args.images // 5, 4), args.cpus, "groups 1600x1200")
-            r["truth_faces"] = pasted
+            r["truth_faces"] = sum(len(v) for v in truth.values())
             r["stages"] = stage_times(d)
+            recall, precision = accuracy(r["rows"], truth)
+            r["accuracy"] = f"detection recall {recall:.3f}, precision {precision:.3f}"
             rows.append(r)
     print(f"cpus={args.cpus}")
     print(f"{'set':22} {'images':>6} {'anchor img/s':>12} {'facescore img/s':>15} {'ratio':>6} "
@@ -169,6 +205,9 @@ def main() -> None:
         print(f"{r['label']:22} {r['images']:>6} {r['anchor_rate']:>12.2f} {r['facescore_rate']:>15.2f} "
               f"{r['ratio']:>5.2f}x {r['anchor_mb']:>9.0f} {r['facescore_mb']:>12.0f} "
               f"{r['faces']:>6} ({r['anchor_faces']}){extra}")
+    print("facescore accuracy:")
+    for r in rows:
+        print(f"  {r['label']:22} {r['accuracy']}")
     print("facescore stage times, ms per image on one core:")
     for r in rows:
         print(f"  {r['label']:22} " + "  ".join(f"{k} {v:.1f}" for k, v in r["stages"].items()))
