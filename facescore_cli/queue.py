@@ -50,6 +50,7 @@ BACKOFF_MS = 1000
 NO_WORKER_GRACE_S = 5.0  # how long a wait goes on with no live worker before saying so
 REDIS_GRACE_S = 60.0  # how long a wait goes on while Redis does not answer
 CHUNK_BYTES = 32 * 1024 * 1024  # addBulk in chunks so a 100k batch never sits in memory whole
+FIRST_CHUNK_JOBS = 4
 
 T = TypeVar("T")
 
@@ -307,6 +308,7 @@ async def submit(items: Iterable[tuple[Path, str]], settings: Settings, *, store
         specs: list[dict[str, Any]] = []
         queued: set[str] = set()
         size = 0
+        first_chunk = FIRST_CHUNK_JOBS
         for path, shown in items:
             entry = Entry(path=shown, file=str(Path(path).resolve()))
             try:
@@ -325,9 +327,12 @@ async def submit(items: Iterable[tuple[Path, str]], settings: Settings, *, store
             queued.add(entry.job)
             specs.append(_job_spec(entry.job, data, Path(shown).name, store, batch.id))
             size += len(data)
-            if size >= CHUNK_BYTES:
+            # The first chunks are small so the workers start at once; later ones fill up to
+            # CHUNK_BYTES, so a 100k batch costs few round trips and never sits in memory whole.
+            if size >= CHUNK_BYTES or len(specs) >= first_chunk:
                 await _enqueue(queue, client, specs)
                 specs, size = [], 0
+                first_chunk *= 4
         if specs:
             await _enqueue(queue, client, specs)
         await _save_batch(client, batch)
@@ -348,11 +353,11 @@ async def close_events(events: Any) -> None:
     events.closing = True
     task = getattr(events, "_consumer_task", None)
     events._consumer_task = None
-    for _ in range(40):  # redis-py can swallow one cancellation while it tidies the socket
+    for _ in range(400):  # redis-py can swallow one cancellation while it tidies the socket
         if task is None or task.done():
             break
         task.cancel()
-        await asyncio.wait({task}, timeout=0.05)
+        await asyncio.wait({task}, timeout=0.005)  # short: a request waits for this teardown
     try:
         connection = getattr(events.client, "connection", None)
         if connection is not None:
