@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 from typing import IO, Any
 
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -99,7 +100,8 @@ def _repair_last_line(path: Path) -> None:
 def results_table(results: list[ImageResult]) -> Table:
     rows = [row for r in results for row in r.rows()]
     with_store = any(row.get("store_rank", "") != "" for row in rows)
-    table = Table(title="facescore", show_lines=False)
+    # no vertical rules: nine columns fit an 80-column terminal without cutting the last one
+    table = Table(title="facescore", show_lines=False, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     columns = [("file", "left"), ("face", "right"), ("score", "right"), ("vibe", "left"), ("rank", "right")]
     columns += [("store", "right")] if with_store else []  # store_rank
     columns += [("conf", "right"), ("source", "left"), ("error", "left")]
