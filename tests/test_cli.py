@@ -32,7 +32,8 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-def test_score_one_face_table(clean_env: Path, portrait: Path) -> None:
+def test_score_one_face_table(clean_env: Path, portrait: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # a wide terminal: no path folded across lines
     res = invoke("score", str(portrait), "--via", "local")
     assert res.exit_code == 0, res.output
     assert "omi-46" in res.stdout and "local" in res.stdout
