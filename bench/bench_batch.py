@@ -51,7 +51,8 @@ def groups(dst: Path, n: int, seed: int = 11) -> dict[str, list[tuple[int, int, 
             size = int(face_w / 0.6)  # the crop is ~1.65x the face width
             for _try in range(30):
                 x, y = int(rng.integers(0, 1600 - size)), int(rng.integers(0, 1200 - size))
-                if all(abs(x - ox) > (size + os_) / 2 or abs(y - oy) > (size + os_) / 2 for ox, oy, os_ in occupied):
+                cx, cy = x + size // 2, y + size // 2  # pasted squares must not overlap: compare centres
+                if all(abs(cx - ox) > (size + os_) / 2 or abs(cy - oy) > (size + os_) / 2 for ox, oy, os_ in occupied):
                     break
             else:
                 continue
