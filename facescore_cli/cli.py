@@ -10,12 +10,11 @@ from collections.abc import Iterator
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from . import __version__, output, pipeline
 from .config import Settings
-from .errors import ConfigError
+from .console import err, out, settings_or_exit
 from .result import ImageResult
 
 app = typer.Typer(
@@ -25,18 +24,8 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode="rich",
 )
-out = Console()
-err = Console(stderr=True)
 
 VIA_HELP = "auto | local | queue (env FACESCORE_VIA). auto uses the queue when a worker is alive, else local."
-
-
-def _settings() -> Settings:
-    try:
-        return Settings.load()
-    except ConfigError as exc:
-        err.print(f"[red]configuration error:[/red] {exc}")
-        raise typer.Exit(2) from None
 
 
 def _resolve_via(settings: Settings, via: Optional[str]) -> str:
@@ -113,7 +102,7 @@ def score(
 
       facescore score a.jpg b.png --json
     """
-    settings = _settings()
+    settings = settings_or_exit()
     mode = _resolve_via(settings, via)
     items = [pipeline.Item(p, str(p)) for p in images]
     results = list(_remember(_results(items, settings, mode, jobs=1), settings, store))
@@ -141,7 +130,7 @@ def batch(
 
       facescore batch photos/ more/ --out results.jsonl --jobs 2 --resume
     """
-    settings = _settings()
+    settings = settings_or_exit()
     try:
         output.format_for(out_path)
     except ValueError as exc:

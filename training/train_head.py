@@ -258,7 +258,7 @@ def main() -> None:
                   f" ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
     seeds = range(args.seeds)
     r5, r10 = np.mean([r[5, s] for s in seeds], 0), np.mean([r[10, s] for s in seeds], 0)
-    print(f"\nnested cross-validated Pearson r" + (f", mean over {args.seeds} fold seeds" if args.seeds > 1 else ", fold seed 0"))
+    print("\nnested cross-validated Pearson r" + (f", mean over {args.seeds} fold seeds" if args.seeds > 1 else ", fold seed 0"))
     print(f"  {'output':13s} {'5-fold':>7s} {'10-fold':>7s} {'mean':>7s}")
     for j, name in enumerate(H.OUTPUTS):
         print(f"  {name:13s} {r5[j]:7.4f} {r10[j]:7.4f} {(r5[j] + r10[j]) / 2:7.4f}")

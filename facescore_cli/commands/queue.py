@@ -8,30 +8,16 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .. import output, pipeline, queue
-from ..config import Settings
-from ..errors import ConfigError, ServiceUnavailable
+from ..console import err, out, settings_or_exit, warn
+from ..errors import ServiceUnavailable
 from ..result import ImageResult
 from ..store import remember_all
 
-out = Console()
-err = Console(stderr=True)
-
-
-def _settings() -> Settings:
-    try:
-        return Settings.load()
-    except ConfigError as exc:
-        err.print(f"[red]configuration error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from None
-
-
-def _say(msg: str) -> None:
-    err.print(f"[yellow]warning:[/yellow] {escape(msg)}")
+_say = warn
 
 
 def submit(
@@ -55,7 +41,7 @@ def submit(
 
       id=$(facescore submit a.jpg b.jpg) && facescore results "$id" --wait --out results.csv
     """
-    settings = _settings()
+    settings = settings_or_exit()
     if (via or settings.via).lower() == "local":
         err.print("[red]submit puts images on the queue; --via local makes no sense here (use score or batch)[/red]")
         raise typer.Exit(2)
@@ -105,7 +91,7 @@ def results(
 
       facescore results 20240101-120000-1a2b3c4d --wait --out results.jsonl
     """
-    settings = _settings()
+    settings = settings_or_exit()
     if out_path is not None:
         try:
             output.format_for(out_path)
@@ -186,7 +172,7 @@ def worker(
     """
     from ..worker import FaceWorker, serve
 
-    settings = _settings()
+    settings = settings_or_exit()
     try:
         queue.ping(settings)
     except ServiceUnavailable as exc:
@@ -222,7 +208,7 @@ def api(
 
     from ..api import create_app
 
-    settings = _settings()
+    settings = settings_or_exit()
     choice = (via or settings.via).lower()
     if choice not in ("auto", "local", "queue"):
         err.print(f"[red]--via must be auto, local or queue, not {choice!r}[/red]")

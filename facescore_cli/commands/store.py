@@ -6,26 +6,15 @@ import re
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from .. import images
 from ..config import Settings
-from ..errors import ConfigError
+from ..console import err, out, settings_or_exit
 from ..store import FaceStore, StoreUnavailable, describe
 
-out = Console()
-err = Console(stderr=True)
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
-
-
-def _settings() -> Settings:
-    try:
-        return Settings.load()
-    except ConfigError as exc:
-        err.print(f"[red]configuration error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from None
 
 
 def _open(settings: Settings) -> FaceStore:
@@ -56,7 +45,7 @@ def similar(
     from ..scoring import Scorer
     from ..store import storable
 
-    settings = _settings()
+    settings = settings_or_exit()
     result = Scorer.from_settings(settings).score_file(image, str(image))
     if result.failed:
         err.print(f"[red]{escape(str(image))}:[/red] {escape(result.error or 'could not be scored')}")
@@ -110,7 +99,7 @@ def forget(
     if everything == bool(targets):
         err.print("[red]give image files to forget, or --all (not both)[/red]")
         raise typer.Exit(2)
-    settings = _settings()
+    settings = settings_or_exit()
     if everything:
         with _open(settings) as store:
             try:

@@ -137,7 +137,7 @@ def read_dat(data: bytes) -> Net:
         if name == "con_4":
             params = r.tensor().ravel()
             nf, fr, fc, sy, sx, py, px = (r.int() for _ in range(7))
-            wshape, bshape = r.alias(), r.alias()
+            wshape, _bias_shape = r.alias(), r.alias()  # the bias shape follows from nf
             for _ in range(4):
                 r.float()                                  # learning-rate / weight-decay multipliers
             nw = int(np.prod(wshape))
