@@ -25,9 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "training"))
 
-from facescore_cli import training as T  # noqa: E402
-from facescore_cli.ml import head as H  # noqa: E402
-from features import load, ratings  # noqa: E402  (training/features.py)
+from features import load, ratings
+
+from facescore_cli import training as T
+from facescore_cli.ml import head as H
 
 GROUPS = {"gender": "gender (0 fem.-100 masc.)", "skin-color": "skin colour (0 light-100 dark)"}
 
@@ -41,7 +42,7 @@ def mse_ci(err: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, f
 
 def oof_attractive(folds: int, seed: int) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     data = load()
-    stim, names, vals = ratings()
+    _, names, vals = ratings()
     keep = data["found"]
     faces = T.faces_from(data["box"][keep], data["landmarks"][keep])
     x = H.features(data["emb"][keep].astype(np.float64), faces)

@@ -25,9 +25,9 @@ from PIL import Image, ImageOps
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from facescore_cli.images import decode  # noqa: E402
-from facescore_cli.ml import detect, embed  # noqa: E402
-from facescore_cli.ml.head import load_head  # noqa: E402
+from facescore_cli.images import decode
+from facescore_cli.ml import detect, embed
+from facescore_cli.ml.head import load_head
 
 OMI = ROOT.parent / "shared" / "datasets" / "omi"
 

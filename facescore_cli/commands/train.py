@@ -3,42 +3,40 @@ accuracy on labelled faces. Parse, call facescore_cli.training, print."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from .. import training as T
+from ..console import err, out, settings_or_exit, warn
 
 ID_HELP = "Column naming the image: stimulus (OMI: images/<stimulus>.jpg) or filename. Default: stimulus or filename if present, else the first column."
 
 
-def _fail(err: Console, msg: str) -> None:
+def _fail(msg: str) -> None:
     err.print(f"[red]{escape(msg)}[/red]")
     raise typer.Exit(2)
 
 
-def _dataset(err: Console, images_dir: Path, ratings_csv: Path, target: str, id_column: Optional[str],
+def _dataset(images_dir: Path, ratings_csv: Path, target: str, id_column: Optional[str],
              group_column: Optional[str] = None) -> T.Dataset:
     if not images_dir.is_dir():
-        _fail(err, f"{images_dir} is not a folder")
+        _fail(f"{images_dir} is not a folder")
     if not ratings_csv.is_file():
-        _fail(err, f"{ratings_csv} not found")
+        _fail(f"{ratings_csv} not found")
     try:
         ratings = T.read_ratings(ratings_csv, target, id_column, group_column)
     except T.UsageError as exc:
-        _fail(err, str(exc))
+        _fail(str(exc))
     with err.status(f"extracting faces from {len(ratings.ids)} images") as status:
         ds = T.build(images_dir, ratings, lambda k, n: status.update(f"extracting faces: {k}/{n}"))
     if ds.missing:
-        err.print(f"[yellow]{len(ds.missing)} rated images not found in {escape(str(images_dir))} "
-                  f"(first: {escape(ds.missing[0])})[/yellow]")
+        warn(f"{len(ds.missing)} rated images not found in {images_dir} (first: {ds.missing[0]})")
     if ds.no_face:
-        err.print(f"[yellow]no face found in {len(ds.no_face)} images; left out[/yellow]")
+        warn(f"no face found in {len(ds.no_face)} images; left out")
     return ds
 
 
@@ -64,19 +62,18 @@ def train(
 
       facescore train omi/images omi/ratings.csv --target attractive --out omi-mine.npz
     """
-    err = Console(stderr=True)
     try:
         T.check_target(target)
     except T.UsageError as exc:
-        _fail(err, str(exc))
+        _fail(str(exc))
     if folds < 2:
-        _fail(err, "--folds must be at least 2")
-    ds = _dataset(err, images_dir, ratings_csv, target, id_column)
+        _fail("--folds must be at least 2")
+    ds = _dataset(images_dir, ratings_csv, target, id_column)
     try:
         with err.status(f"training on {len(ds.y)} faces ({folds}-fold nested CV)"):
             res = T.train(ds, target, folds)
     except T.UsageError as exc:
-        _fail(err, str(exc))
+        _fail(str(exc))
     T.save(res.arrays, out_path)
     figures = {"target": target, "n": len(ds.y), "folds": folds, "cv_r": round(res.r, 4),
                "cv_r_ci95": [round(v, 4) for v in res.ci], "cv_mae": round(res.mae, 3), "out": str(out_path)}
@@ -108,21 +105,20 @@ def evaluate(
 
       facescore evaluate SCUT/Images test.txt --target score --head scut.npz --json
     """
-    err = Console(stderr=True)
     try:
         T.check_target(target)
     except T.UsageError as exc:
-        _fail(err, str(exc))
-    path = head_path or Path(os.environ.get("FACESCORE_HEAD") or T.H.DEFAULT_PATH)
+        _fail(str(exc))
+    path = Path(head_path or settings_or_exit().head_path or T.H.DEFAULT_PATH)
     if not path.is_file():
-        _fail(err, f"head file {path} not found")
+        _fail(f"head file {path} not found")
     try:
         arrays = T.load_arrays(path)
     except (T.UsageError, ValueError, KeyError, OSError) as exc:
-        _fail(err, f"cannot read head {path}: {exc}")
-    ds = _dataset(err, images_dir, ratings_csv, target, id_column, group_column)
+        _fail(f"cannot read head {path}: {exc}")
+    ds = _dataset(images_dir, ratings_csv, target, id_column, group_column)
     if len(ds.y) < 3:
-        _fail(err, f"only {len(ds.y)} usable faces: need at least 3")
+        _fail(f"only {len(ds.y)} usable faces: need at least 3")
     res = T.evaluate(arrays, ds)
     if as_json:
         typer.echo(json.dumps(res, indent=2))
@@ -132,11 +128,11 @@ def evaluate(
     if "groups" in res:
         table = Table("tercile of " + group_column, "range", "n", "mean signed error", "MAE", "r")
         for g in res["groups"]:
-            fmt = lambda v, f: "" if v is None else format(v, f)  # noqa: E731
+            fmt = lambda v, f: "" if v is None else format(v, f)
             rng = "" if g["range"] is None else f"{g['range'][0]:g}-{g['range'][1]:g}"
             table.add_row(g["tercile"], rng, str(g["n"]), fmt(g["mean_signed_error"], "+.2f"), fmt(g["mae"], ".2f"),
                           fmt(g["r"], ".3f"))
-        Console().print(table)
+        out.print(table)
 
 
 def register(app: typer.Typer) -> None:
