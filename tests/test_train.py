@@ -101,12 +101,7 @@ def test_evaluate_matches_runtime_head(files: dict[str, Path]) -> None:
 
 def test_trained_head_scores_through_facescore_head(trained: dict, files: dict[str, Path], clean_env: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    try:
-        load_head(files["head"])
-    except ValueError as exc:
-        if "expected exactly" in str(exc):
-            pytest.xfail("head.py's loader accepts only the 15-output OMI head (single-output change pending)")
-        raise
+    assert load_head(files["head"]).outputs == ("attractive",)
     monkeypatch.setenv("FACESCORE_HEAD", str(files["head"]))
     img = OMI / "images" / f"{_rows()[N_TRAIN]['stimulus']}.jpg"
     res = runner.invoke(app, ["score", str(img), "--json", "--via", "local", "--no-store"], catch_exceptions=False)

@@ -27,8 +27,10 @@ vectors are the 800 training faces and their mirror images.
       dominant -> bold, cute -> cute, well-groomed -> polished, alert -> alert,
       memorable -> striking, smug -> smug, dorky -> quirky
 
-The head outputs 'attractive' and the allowed traits only; a head file holding any other output
-is refused at load time.
+The bundled head outputs 'attractive' and the allowed traits. A head trained with `facescore
+train` holds one output, the user's chosen rating column, reported as `score` (no traits, an
+empty vibe). A head file holding any other set of outputs, or any FORBIDDEN attribute, is refused
+at load time.
 """
 from __future__ import annotations
 
@@ -59,6 +61,11 @@ VIBE_WORDS = {
     "smug": "smug",
     "dorky": "quirky",
 }
+# The OMI README's attributes that must never be output (fairness reports only).
+FORBIDDEN = (
+    "asian", "middle-eastern", "hispanic", "islander", "native", "black", "white", "skin-color",
+    "gay", "liberal", "godly", "privileged", "electable", "looks-like-you", "gender", "weight",
+)  # fmt: skip
 RESNET_DIM = 128
 VECTOR_DIM = RESNET_DIM + CHIP_STATS_DIM  # = embed.VECTOR_DIM (embed imports dlib; this stays numpy only)
 GEOMETRY_DIM = 6
@@ -110,8 +117,11 @@ class Head:
 
     def __init__(self, arrays: dict[str, np.ndarray]):
         outputs = tuple(str(t) for t in arrays["outputs"])
-        if outputs != OUTPUTS:
-            raise ValueError(f"head file outputs {outputs}, expected exactly {OUTPUTS}")
+        single = len(outputs) == 1 and outputs[0].strip().lower() not in FORBIDDEN
+        if outputs != OUTPUTS and not single:
+            raise ValueError(f"head file outputs {outputs}, expected exactly {OUTPUTS} or one allowed score column")
+        self.outputs = outputs
+        self._traits = outputs[1:]
         self.version = str(arrays["version"])
         self._geometry = bool(arrays["geometry"])
         self._mean = arrays["x_mean"].astype(np.float64)
@@ -130,14 +140,17 @@ class Head:
         self._ref_scores = np.sort(arrays["ref_scores"].astype(np.float64))
         self._ref_mean = arrays["ref_mean"].astype(np.float64)  # (T,)
         self._ref_sd = arrays["ref_sd"].astype(np.float64)  # (T,)
-        self._vibe_idx = np.array([OUTPUTS.index(t) for t in VIBE_WORDS])
+        # The vibe needs the full trait profile: a single-output head has none (vibe "").
+        full = outputs == OUTPUTS
+        self._vibe_words = list(VIBE_WORDS.values()) if full else []
+        self._vibe_idx = np.array([OUTPUTS.index(t) for t in VIBE_WORDS] if full else [], dtype=int)
 
     def raw(self, embeddings: np.ndarray, faces: list[Face]) -> np.ndarray:
-        """(n, len(OUTPUTS)) unclipped predicted ratings, columns in `OUTPUTS` order."""
+        """(n, len(self.outputs)) unclipped predicted ratings, columns in `self.outputs` order."""
         x = (features(embeddings, faces, geometry=self._geometry, dim=self._dim) - self._mean) / self._scale
         # Row by row: BLAS sums a batch in a different order than a single row, and a face's
         # score must not depend on which other faces share its image.
-        return np.stack([self._row(r) for r in x]) if len(x) else np.zeros((0, len(OUTPUTS)))
+        return np.stack([self._row(r) for r in x]) if len(x) else np.zeros((0, len(self.outputs)))
 
     def _row(self, x: np.ndarray) -> np.ndarray:
         linear = x @ self._lin_coef + self._lin_bias
@@ -154,14 +167,14 @@ class Head:
         clipped = np.clip(raw, 0.0, 100.0)
         ranks = percentile(self._ref_scores, clipped[:, 0])
         z = (raw[:, self._vibe_idx] - self._ref_mean[self._vibe_idx]) / self._ref_sd[self._vibe_idx]
-        words = list(VIBE_WORDS.values())
         out = []
         for row, rank, zrow in zip(clipped, ranks, z):
             out.append(
                 Prediction(
                     score=float(row[0]),
-                    traits={t: round(float(v), 1) for t, v in zip(TRAITS, row[1:])},
-                    vibe=words[int(np.argmax(zrow))],  # argmax takes the first of equal values
+                    traits={t: round(float(v), 1) for t, v in zip(self._traits, row[1:])},
+                    # argmax takes the first of equal values; a single-output head has no vibe
+                    vibe=self._vibe_words[int(np.argmax(zrow))] if len(zrow) else "",
                     rank=float(rank),
                 )
             )
