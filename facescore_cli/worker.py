@@ -84,6 +84,9 @@ def _score_job(image_b64: str, filename: str, max_bytes: int) -> dict[str, Any]:
 
 # -- the worker -------------------------------------------------------------------------------
 
+# Replace a job's data only while the job still exists (it may have been removed meanwhile).
+_SET_DATA_IF_EXISTS = "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'data', ARGV[1]) end"
+
 
 class TransientError(Exception):
     """Worth another attempt (BullMQ retries it with exponential backoff)."""
@@ -110,6 +113,7 @@ class FaceWorker:
         self._bull: Any = None
         self._stop = asyncio.Event()
         self._redis: Any = None
+        self._tidying: set[asyncio.Future] = set()  # images being dropped from finished jobs
 
     # lifecycle ---------------------------------------------------------------------------------
 
@@ -131,7 +135,7 @@ class FaceWorker:
             await self._forget_heartbeat()
 
     async def start(self) -> None:
-        from bullmq import Worker
+        from bullmq import UnrecoverableError, Worker
 
         self._pool = self._new_pool()
         loop = asyncio.get_running_loop()
@@ -155,6 +159,10 @@ class FaceWorker:
             name=self.id,
         ))
         self._bull.on("error", lambda err, *a: self._log("error", error=f"{type(err).__name__}: {err}"))
+        # Only once BullMQ has recorded the outcome: a job that is still retried needs its image.
+        self._bull.on("completed", lambda job, *a: self._later(self._drop_image(job)))
+        self._bull.on("failed", lambda job, err, *a: self._later(self._drop_image(job))
+                      if isinstance(err, UnrecoverableError) else None)
         self._bull.on("stalled", lambda jid, *a: self._log("stalled", job=jid))
         self._log("started", concurrency=self.concurrency, model=self.model, queue=self.settings.queue,
                   redis=queue._safe_url(self.settings.redis_url), lock_ms=self.lock_ms, stalled_ms=self.stalled_ms)
@@ -175,6 +183,8 @@ class FaceWorker:
                     await asyncio.wait_for(self._bull.close(force=True), timeout=5)
                 except Exception:
                     pass
+        if self._tidying:
+            await asyncio.wait(self._tidying, timeout=5)
         if self._pool is not None:
             procs = list((getattr(self._pool, "_processes", None) or {}).values())
             self._pool.shutdown(wait=False, cancel_futures=True)
@@ -220,6 +230,21 @@ class FaceWorker:
             raise
         finally:
             self.active -= 1
+
+    def _later(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tidying.add(task)
+        task.add_done_callback(self._tidying.discard)
+
+    async def _drop_image(self, job: Any) -> None:
+        """Keep the finished job (its result, for dedup and `results`) but not the image: a kept
+        job would otherwise hold the photo in Redis for as long as results are kept."""
+        if isinstance(job.data, dict) and "image" in job.data:
+            kept = json.dumps({k: v for k, v in job.data.items() if k != "image"})
+            try:  # our own connection: BullMQ's may already be closing when a stop is under way
+                await self._redis.eval(_SET_DATA_IF_EXISTS, 1, f"{queue.PREFIX}:{self.settings.queue}:{job.id}", kept)
+            except Exception as exc:  # the result matters more than the tidy-up
+                self._log("error", job=job.id, error=f"could not drop the image: {type(exc).__name__}: {exc}")
 
     def _validate(self, job: Any) -> tuple[str, str]:
         from bullmq import UnrecoverableError

@@ -163,6 +163,13 @@ def test_bad_jobs_fail_at_once_with_a_reason_and_good_ones_return_the_contract(r
         assert "image" in reasons["noimage"]
         assert "unknown job name" in reasons["othername"]
         good = json.loads(_job(client, settings, "good")["returnvalue"])
+        # finished jobs keep their result, not the photo
+        for jid in ("good", "notimage", "toobig"):  # dropped just after BullMQ records the outcome
+            deadline = time.monotonic() + 10
+            while "image" in (kept := json.loads(_job(client, settings, jid)["data"])) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert "image" not in kept, jid
+        assert json.loads(_job(client, settings, "good")["data"])["filename"] == "p.jpg"
         assert {"score", "vibe", "rank", "faces", "source", "model"} <= good.keys()
         assert good["faces"] and good["score"] == good["faces"][0]["score"]
         assert 0 <= good["score"] <= 100 and len(good["faces"][0]["box"]) == 4
