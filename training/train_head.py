@@ -32,7 +32,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "training"))
 
 from facescore_cli.ml import head as H  # noqa: E402
-from facescore_cli.ml.types import Face  # noqa: E402
+# The model maths is shared with `facescore train`; this script adds the OMI specifics
+# (15 outputs, scikit-learn's fold splits, the bundled head's file layout).
+from facescore_cli.training import Grid, augmented, faces_from, predict_raw  # noqa: E402
 from features import load, ratings  # noqa: E402
 
 SEED = 0
@@ -47,47 +49,6 @@ VERSION = "omi-ridge-krr-v2"
 # tuned inside the nested CV.
 CHIP_WEIGHT = 0.5
 WEIGHTS = None  # per-column weights of the current feature layout, set by main()
-
-
-def sqdist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.maximum((a**2).sum(1)[:, None] + (b**2).sum(1)[None, :] - 2.0 * a @ b.T, 0.0)
-
-
-class Grid:
-    """Ridge and kernel ridge for every alpha (and gamma) at once, all outputs together."""
-
-    def __init__(self, x: np.ndarray, y: np.ndarray):
-        self.x, self.ymean = x, y.mean(0)
-        yc = y - self.ymean
-        u, s, vt = np.linalg.svd(x, full_matrices=False)
-        self.ridge_parts = (vt.T, s, u.T @ yc)
-        self.gammas = KRR_GAMMA_MULT / x.shape[1]
-        self.krr_parts = []
-        d2 = sqdist(x, x)
-        for g in self.gammas:
-            lam, v = np.linalg.eigh(np.exp(-g * d2))
-            self.krr_parts.append((v, np.maximum(lam, 0.0), v.T @ yc))
-
-    def ridge_coef(self, alpha: float) -> np.ndarray:
-        v, s, uty = self.ridge_parts
-        return v @ ((s / (s**2 + alpha))[:, None] * uty)
-
-    def krr_dual(self, gi: int, alpha: float) -> np.ndarray:
-        v, lam, vty = self.krr_parts[gi]
-        return v @ (vty / (lam + alpha)[:, None])
-
-    def ridge_preds(self, xt: np.ndarray) -> np.ndarray:
-        """(alphas, n_test, T)"""
-        return np.stack([xt @ self.ridge_coef(a) + self.ymean for a in RIDGE_ALPHAS])
-
-    def krr_preds(self, xt: np.ndarray) -> np.ndarray:
-        """(gammas, alphas, n_test, T)"""
-        d2 = sqdist(xt, self.x)
-        out = []
-        for gi, g in enumerate(self.gammas):
-            k = np.exp(-g * d2)
-            out.append(np.stack([k @ self.krr_dual(gi, a) + self.ymean for a in KRR_ALPHAS]))
-        return np.stack(out)
 
 
 def standardize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -130,12 +91,6 @@ def select(x: np.ndarray, y: np.ndarray, xm: np.ndarray | None = None, seed: int
     }
 
 
-def augmented(x: np.ndarray, y: np.ndarray, xm: np.ndarray | None, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    if xm is None:
-        return x[rows], y[rows]
-    return np.vstack([x[rows], xm[rows]]), np.vstack([y[rows], y[rows]])
-
-
 def fit(x: np.ndarray, y: np.ndarray, hp: dict) -> dict:
     """Fit with chosen hyper-parameters; returns the arrays a Head needs (minus references)."""
     t = y.shape[1]
@@ -173,13 +128,6 @@ def head_arrays(params: dict, geometry: bool) -> dict:
     }
 
 
-def faces_from(box: np.ndarray, marks: np.ndarray) -> list[Face]:
-    return [
-        Face(box=tuple(int(v) for v in b), confidence=1.0, landmarks=tuple((float(px), float(py)) for px, py in m))
-        for b, m in zip(box, marks)
-    ]
-
-
 def cross_validate(x: np.ndarray, xm: np.ndarray | None, y: np.ndarray, k: int, seed: int = SEED) -> np.ndarray:
     """Out-of-fold predictions (n, T) of the whole procedure, selection included."""
     oof = np.zeros_like(y)
@@ -188,16 +136,6 @@ def cross_validate(x: np.ndarray, xm: np.ndarray | None, y: np.ndarray, k: int, 
         xtr, ytr = augmented(x, y, xm, tr)
         oof[te] = predict_raw(fit(xtr, ytr, hp), x[te])
     return oof
-
-
-def predict_raw(params: dict, x: np.ndarray) -> np.ndarray:
-    """What Head.raw computes, from the feature rows directly (the head is tested separately)."""
-    xs = (x - params["x_mean"]) / params["x_scale"]
-    lin = xs @ params["lin_coef"] + params["lin_bias"]
-    d2 = sqdist(xs, params["krr_support"].astype(np.float64))
-    krr = np.stack([np.exp(-g * d2) @ params["krr_dual"][:, j] for j, g in enumerate(params["krr_gamma"])], 1)
-    krr += params["krr_bias"]
-    return (1 - params["blend"]) * lin + params["blend"] * krr
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
