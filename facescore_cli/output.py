@@ -12,10 +12,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .ml.head import TRAITS
 from .result import COLUMNS, ImageResult
 
-TRAITS = ("trustworthy", "smart", "happy", "outgoing", "dominant", "cute", "memorable",
-          "well-groomed", "alert", "typical", "familiar", "smug", "dorky", "age")
 # Free columns after the contract's; fixed so a resumed file keeps one header.
 EXTRA_COLUMNS = ["store_rank", "model", "sha256", "ms"] + [f"trait_{t}" for t in TRAITS]
 CSV_COLUMNS = COLUMNS + EXTRA_COLUMNS

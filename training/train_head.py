@@ -34,20 +34,13 @@ sys.path.insert(0, str(ROOT / "training"))
 from facescore_cli.ml import head as H  # noqa: E402
 # The model maths is shared with `facescore train`; this script adds the OMI specifics
 # (15 outputs, scikit-learn's fold splits, the bundled head's file layout).
-from facescore_cli.training import Grid, augmented, faces_from, predict_raw  # noqa: E402
+from facescore_cli.training import (  # noqa: E402
+    BLENDS, CHIP_WEIGHT, INNER_FOLDS, KRR_ALPHAS, KRR_GAMMA_MULT, RIDGE_ALPHAS, SEED, Grid, augmented, faces_from,
+    predict_raw,
+)
 from features import load, ratings  # noqa: E402
 
-SEED = 0
-RIDGE_ALPHAS = np.logspace(0, 4.5, 19)
-KRR_ALPHAS = np.logspace(-2.5, 1, 15)
-KRR_GAMMA_MULT = np.array([0.125, 0.25, 0.5, 1.0, 2.0])  # x 1/n_features
-BLENDS = np.linspace(0.0, 1.0, 11)
-INNER_FOLDS = 5
 VERSION = "omi-ridge-krr-v2"
-# Standardized chip statistics are multiplied by this (the embedding and geometry by 1). Fixed
-# a priori from a non-nested screen (0.35 / 0.5 / 0.7 / 1.0 within 0.001 r of each other), not
-# tuned inside the nested CV.
-CHIP_WEIGHT = 0.5
 WEIGHTS = None  # per-column weights of the current feature layout, set by main()
 
 

@@ -10,13 +10,11 @@ import hashlib
 
 import numpy as np
 
+from .head import TRAITS, VIBE_WORDS
 from .types import Face, Prediction
 
 MODEL = "simulated-v1"
-_TRAITS = ("trustworthy", "smart", "happy", "outgoing", "dominant", "cute", "memorable",
-           "well-groomed", "alert", "typical", "familiar", "smug", "dorky", "age")
-_VIBES = ("cheerful", "outgoing", "smart", "trustworthy", "bold", "cute", "polished", "alert",
-          "striking", "smug", "quirky")
+_VIBES = tuple(VIBE_WORDS.values())
 
 
 def simulate(data: bytes, width: int, height: int, threshold: float = 0.7) -> tuple[Face, Prediction]:
@@ -30,7 +28,7 @@ def simulate(data: bytes, width: int, height: int, threshold: float = 0.7) -> tu
                   ((0.70, 0.38), (0.58, 0.38), (0.30, 0.38), (0.42, 0.38), (0.50, 0.62)))
     face = Face(box=(x, y, side, side), confidence=float(rng.uniform(threshold, 1.0)), landmarks=marks)
     score = float(rng.uniform(20.0, 80.0))
-    traits = {t: round(float(rng.uniform(20.0, 80.0)), 1) for t in _TRAITS}
+    traits = {t: round(float(rng.uniform(20.0, 80.0)), 1) for t in TRAITS}
     traits["age"] = round(float(rng.uniform(18.0, 60.0)), 1)
     prediction = Prediction(
         score=score,
