@@ -8,7 +8,8 @@ other folds only, so the errors are those on unseen faces. The faces are then sp
 of the raters' mean perceived-gender rating (OMI 'gender', 0 = rated feminine, 100 = masculine)
 and of the mean skin-colour rating (OMI 'skin-color', 0 = rated light, 100 = dark), and the table
 gives per tercile: n, the rating range, mean signed error (predicted - rated 'attractive', with a
-bootstrap 95% CI), MAE and Pearson r. These two attributes are read here only and only for
+bootstrap 95% CI), MAE and Pearson r, and per attribute whether the predictions' gap between the
+tercile means is wider than the ratings' own. These two attributes are read here only and only for
 grouping; nothing is written or printed per face.
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "training"))
 
-from features import load, ratings
+from features import load, ratings, runtime_vectors
 
 from facescore_cli import training as T
 from facescore_cli.ml import head as H
@@ -45,11 +46,10 @@ def oof_attractive(folds: int, seed: int) -> tuple[np.ndarray, np.ndarray, dict[
     _, names, vals = ratings()
     keep = data["found"]
     faces = T.faces_from(data["box"][keep], data["landmarks"][keep])
-    x = H.features(data["emb"][keep].astype(np.float64), faces)
-    xm = H.features(data["emb_flip"][keep].astype(np.float64), faces)
+    x = H.features(runtime_vectors(data)[keep].astype(np.float64), faces)  # as the shipped head sees them
     y = vals[keep, names.index("attractive")]
     groups = {g: vals[keep, names.index(g)] for g in GROUPS}
-    oof = np.clip(T.cross_validate(x, xm, y, folds, seed)[:, 0], 0.0, 100.0)
+    oof = np.clip(T.cross_validate(x, None, y, folds, seed)[:, 0], 0.0, 100.0)
     return oof, y, groups
 
 
@@ -75,6 +75,12 @@ def main() -> None:
             row["mean_signed_error_ci95"] = [round(v, 2) for v in mse_ci(oof[which == t] - y[which == t])]
             row["mean_rated"] = round(float(y[which == t].mean()), 2)
         report["groups"][g] = rows
+        # Does the head widen the gaps the ratings already have? Spread = the largest minus the
+        # smallest tercile mean, of the ratings and of the predictions.
+        rated = [float(y[which == t].mean()) for t in range(len(rows))]
+        pred = [float(oof[which == t].mean()) for t in range(len(rows))]
+        report.setdefault("gap", {})[g] = {"rated": round(max(rated) - min(rated), 2),
+                                           "predicted": round(max(pred) - min(pred), 2)}
     if args.json:
         print(json.dumps(report, indent=2))
         return
@@ -90,6 +96,11 @@ def main() -> None:
             print(f"{label + ': ' + row['tercile']:44s} {rng:>11s} {row['n']:4d} {row['mean_rated']:6.1f} "
                   f"{row['mean_signed_error']:+6.2f} [{ci[0]:+5.2f},{ci[1]:+5.2f}] {row['mae']:5.2f} {row['r']:6.3f}")
     print("\nsigned error = predicted - rated; a CI excluding 0 means the score is biased for that group.")
+    print("\ngap between the tercile means (largest - smallest): rated vs predicted")
+    for g, label in GROUPS.items():
+        gap = report["gap"][g]
+        verdict = "widened" if gap["predicted"] > gap["rated"] else "not widened"
+        print(f"  {label:40s} rated {gap['rated']:5.2f}  predicted {gap['predicted']:5.2f}  ({verdict})")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ The model is the shipped head's kind (see `training/train_head.py`, whose fittin
 module carries in a form the installed package can import, numpy only): the runtime vector
 `embed.embed` returns plus the landmark geometry, standardized (chip statistics weighted by
 CHIP_WEIGHT), then per output a blend of a linear ridge and an RBF kernel ridge, every
-hyper-parameter chosen by an inner K-fold CV on the training part only. The mirror image of
-each chip adds a training row. The cross-validated r is nested (the selection is redone inside
+hyper-parameter chosen by an inner K-fold CV on the training part only. (The runtime vector
+already averages each chip with its mirror image, so mirror rows would add nothing.) The
+cross-validated r is nested (the selection is redone inside
 each outer fold), so it is an honest estimate for faces like the training ones.
 
 A trained head holds one output, the chosen rating column, which the runtime reports as
@@ -139,7 +140,6 @@ def image_path(images_dir: Path, ident: str) -> Path | None:
 @dataclass
 class Extracted:
     vector: np.ndarray  # the runtime vector, (VECTOR_DIM,)
-    mirror: np.ndarray  # the mirror chip's vector
     face: Face
 
 
@@ -162,9 +162,7 @@ def extract(path: Path) -> Extracted | None:
         _CACHE[key] = None
         return None
     f = faces[0]
-    chip = embed.chips(img, [f])[0]
-    both = embed.vectors([chip, np.ascontiguousarray(chip[:, ::-1])])
-    out = Extracted(both[0].astype(np.float64), both[1].astype(np.float64), f)
+    out = Extracted(embed.embed(img, [f])[0].astype(np.float64), f)
     _CACHE[key] = out
     return out
 
@@ -173,7 +171,6 @@ def extract(path: Path) -> Extracted | None:
 class Dataset:
     ids: list[str]
     x: np.ndarray  # (n, 246) head input rows
-    xm: np.ndarray  # mirror rows
     y: np.ndarray
     groups: np.ndarray | None
     missing: list[str]  # ids without an image file
@@ -181,7 +178,7 @@ class Dataset:
 
 
 def build(images_dir: Path, ratings: Ratings, progress: Callable[[int, int], None] | None = None) -> Dataset:
-    keep, vecs, mirrors, faces, missing, no_face = [], [], [], [], [], []
+    keep, vecs, faces, missing, no_face = [], [], [], [], []
     for k, ident in enumerate(ratings.ids):
         p = image_path(images_dir, ident)
         if p is None:
@@ -193,18 +190,15 @@ def build(images_dir: Path, ratings: Ratings, progress: Callable[[int, int], Non
             else:
                 keep.append(k)
                 vecs.append(e.vector)
-                mirrors.append(e.mirror)
                 faces.append(e.face)
         if progress:
             progress(k + 1, len(ratings.ids))
     if not keep:
-        return Dataset([], np.zeros((0, H.VECTOR_DIM + H.GEOMETRY_DIM)), np.zeros((0, H.VECTOR_DIM + H.GEOMETRY_DIM)),
-                       np.zeros(0), None, missing, no_face)
+        return Dataset([], np.zeros((0, H.VECTOR_DIM + H.GEOMETRY_DIM)), np.zeros(0), None, missing, no_face)
     idx = np.array(keep)
     x = H.features(np.stack(vecs), faces)
-    xm = H.features(np.stack(mirrors), faces)  # the geometry is mirror-symmetric
     groups = ratings.groups[idx] if ratings.groups is not None else None
-    return Dataset([ratings.ids[i] for i in keep], x, xm, ratings.values[idx], groups, missing, no_face)
+    return Dataset([ratings.ids[i] for i in keep], x, ratings.values[idx], groups, missing, no_face)
 
 
 def faces_from(box: np.ndarray, marks: np.ndarray) -> list[Face]:
@@ -400,14 +394,14 @@ def train(ds: Dataset, target: str, folds: int = 5, seed: int = SEED) -> Trained
         raise UsageError(f"only {n} usable faces: need at least 10 to train and cross-validate")
     folds = max(2, min(folds, n // 2))
     y = ds.y.reshape(-1, 1)
-    oof = cross_validate(ds.x, ds.xm, y, folds, seed)[:, 0]
-    hp = select(ds.x, y, ds.xm, seed=seed)
-    xtr, ytr = augmented(ds.x, y, ds.xm, np.arange(n))
-    params = fit(xtr, ytr, hp)
+    oof = cross_validate(ds.x, None, y, folds, seed)[:, 0]
+    hp = select(ds.x, y, seed=seed)
+    params = fit(ds.x, y, hp)
     arrays = {
         "version": np.array(f"{VERSION_PREFIX}:{target}"),
         "outputs": np.array([target]),
         "geometry": np.array(1),
+        "embedding": np.array(H.EMBEDDING_MODEL),
         **params,
         "ref_scores": np.sort(np.clip(oof, 0.0, 100.0)),
         "ref_mean": np.array([oof.mean()]),

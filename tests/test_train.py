@@ -74,7 +74,7 @@ def test_train_reports_cross_validated_r(trained: dict, files: dict[str, Path]) 
     assert lo < trained["cv_r"] < hi
     with np.load(files["head"]) as data:
         assert [str(t) for t in data["outputs"]] == ["attractive"]
-        assert data["krr_support"].shape == (2 * N_TRAIN, 246)  # faces and their mirror images
+        assert data["krr_support"].shape == (N_TRAIN, 246)  # one row a face (vectors are mirror-averaged)
 
 
 def test_evaluate_held_out_faces(trained: dict, files: dict[str, Path]) -> None:

@@ -1,8 +1,9 @@
 """Features for the scoring head, extracted with the runtime pipeline so training and serving match.
 
 decode -> detect (largest face) -> chips -> `embed.vectors` (ResNet embedding + chip statistics)
-of the chip (what `embed` returns at runtime) and of its mirror image: the mirror rows augment
-training and let the flip-averaging decision be measured (train_head.py --embedding flip-avg).
+of the chip and of its mirror image, stored apart: `embed.mean_of` the two is exactly what
+`embed` returns at runtime (train_head.py --embedding flip-avg, the default), and the two apart
+let the alternatives be measured (--embedding chip, with or without mirror rows).
 The cache in training/cache/ is keyed by a hash of the pipeline's source and model files.
 """
 from __future__ import annotations
@@ -47,18 +48,24 @@ def _one(stimulus: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.nda
         return (stimulus, None)
     f = faces[0]
     chip = embed.chips(img, [f])[0]
-    runtime = embed.embed(img, [f])[0]
-    own = embed.vectors([chip])[0]
-    if not np.array_equal(runtime, own):
-        raise RuntimeError("embed() no longer equals vectors(chips()): update training/features.py")
-    mirror = embed.vectors([np.ascontiguousarray(chip[:, ::-1])])[0]
+    own, mirror = embed.vectors([chip, embed.mirrored(chip)])
+    if not np.array_equal(embed.embed(img, [f])[0], embed.mean_of(own, mirror)):
+        raise RuntimeError("embed() no longer equals mean_of(chip, mirror) vectors: update training/features.py")
     return (
         stimulus,
-        runtime,
+        own,
         mirror,
         np.asarray(f.box, dtype=np.float32),
         np.asarray(f.landmarks, dtype=np.float32),
     )
+
+
+def runtime_vectors(data: dict[str, np.ndarray]) -> np.ndarray:
+    """(n, VECTOR_DIM) float32: what `embed.embed` returns for each face, from the stored chip and
+    mirror vectors (`embed.mean_of`, bit for bit)."""
+    from facescore_cli.ml import embed
+
+    return embed.mean_of(data["emb"], data["emb_flip"])
 
 
 def ratings() -> tuple[np.ndarray, list[str], np.ndarray]:

@@ -38,9 +38,9 @@ from facescore_cli.training import (  # noqa: E402
     BLENDS, CHIP_WEIGHT, INNER_FOLDS, KRR_ALPHAS, KRR_GAMMA_MULT, RIDGE_ALPHAS, SEED, Grid, augmented, faces_from,
     predict_raw,
 )
-from features import load, ratings  # noqa: E402
+from features import load, ratings, runtime_vectors  # noqa: E402
 
-VERSION = "omi-ridge-krr-v2"
+VERSION = "omi-ridge-krr-v3"
 WEIGHTS = None  # per-column weights of the current feature layout, set by main()
 
 
@@ -113,6 +113,7 @@ def head_arrays(params: dict, geometry: bool) -> dict:
         "version": np.array(VERSION),
         "outputs": np.array(H.OUTPUTS),
         "geometry": np.array(int(geometry)),
+        "embedding": np.array(H.EMBEDDING_MODEL),
         **params,
         # Refs are filled by the caller; placeholders so a Head can be built for CV predictions.
         "ref_scores": np.array([50.0]),
@@ -139,9 +140,9 @@ def pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def main() -> None:
     global WEIGHTS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--embedding", choices=("chip", "flip-avg"), default="chip",
-                    help="what the runtime embed returns: the chip's vector (default) "
-                         "or the mean of the chip's and its mirror image's")
+    ap.add_argument("--embedding", choices=("chip", "flip-avg"), default="flip-avg",
+                    help="what the runtime embed returns: the mean of the chip's and its mirror "
+                         "image's vectors (flip-avg, default) or the chip's vector alone (chip)")
     ap.add_argument("--no-augment", action="store_true",
                     help="with --embedding chip: do not add the mirror images as extra training rows")
     ap.add_argument("--no-geometry", action="store_true", help="no landmark proportions")
@@ -168,7 +169,8 @@ def main() -> None:
     chip = data["emb"][keep][:, :dim].astype(np.float64)
     mirror = data["emb_flip"][keep][:, :dim].astype(np.float64)
     if args.embedding == "flip-avg":
-        x, xm = H.features((chip + mirror) / 2.0, faces, geometry=geometry, dim=dim), None
+        avg = runtime_vectors(data)[keep][:, :dim]  # the rows equal what `embed` returns
+        x, xm = H.features(avg.astype(np.float64), faces, geometry=geometry, dim=dim), None
     else:
         # The landmark proportions are mirror-symmetric, so the mirror row keeps the face's.
         x = H.features(chip, faces, geometry=geometry, dim=dim)

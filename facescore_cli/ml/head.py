@@ -69,6 +69,9 @@ FORBIDDEN = (
 RESNET_DIM = 128
 VECTOR_DIM = RESNET_DIM + CHIP_STATS_DIM  # = embed.VECTOR_DIM (embed imports dlib; this stays numpy only)
 GEOMETRY_DIM = 6
+# The vector layout `embed.embed` returns (= models.EMBEDDING_MODEL). A head file records the
+# layout it was trained on; one trained on another layout is refused (retrain it).
+EMBEDDING_MODEL = "dlib_face_recognition_resnet_model_v1+chip_stats_v1+flip_avg"
 DEFAULT_PATH = Path(__file__).parent / "weights" / "omi-head.npz"
 
 
@@ -129,6 +132,9 @@ class Head:
         self._dim = len(self._mean) - (GEOMETRY_DIM if self._geometry else 0)
         if self._dim != VECTOR_DIM:
             raise ValueError(f"head file takes {self._dim}-d vectors, embed.embed gives {VECTOR_DIM}: retrain it")
+        layout = str(arrays["embedding"]) if "embedding" in arrays else "the pre-flip_avg layout"
+        if layout != EMBEDDING_MODEL:
+            raise ValueError(f"head file was trained on {layout} vectors, embed.embed gives {EMBEDDING_MODEL}: retrain it")
         self._lin_coef = arrays["lin_coef"].astype(np.float64)  # (d, T)
         self._lin_bias = arrays["lin_bias"].astype(np.float64)  # (T,)
         self._sv = arrays["krr_support"].astype(np.float64)  # (m, d), standardized

