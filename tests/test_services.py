@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import os
 import signal
 import subprocess
@@ -32,8 +33,10 @@ BODY_LIMIT = IMAGE_LIMIT * 4 // 3 + 1024 * 1024
 class Service:
     """`python -m facescore_cli serve KIND --port P` as a subprocess, ready once /health answers."""
 
-    def __init__(self, kind: str, env: dict[str, str] | None = None, token: str | None = None) -> None:
+    def __init__(self, kind: str, env: dict[str, str] | None = None, token: str | None = None,
+                 args: tuple[str, ...] = ()) -> None:
         self.kind = kind
+        self.args = args
         self.port = free_port()
         self.token = token
         self.env = {**os.environ, "FACESCORE_SERVICE_THREADS": "2", **(env or {})}
@@ -54,7 +57,8 @@ class Service:
 
     def start(self, timeout: float = 30.0) -> "Service":
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "facescore_cli", "serve", self.kind, "--port", str(self.port), "--log-level", "warning"],
+            [sys.executable, "-m", "facescore_cli", "serve", self.kind, "--port", str(self.port), "--log-level", "warning",
+             *self.args],
             env=self.env, stdout=subprocess.DEVNULL, stderr=self.stderr,
         )
         deadline = time.monotonic() + timeout
@@ -74,6 +78,10 @@ class Service:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
+
+    def log_so_far(self) -> str:
+        self.stderr.seek(0)
+        return self.stderr.read().decode(errors="replace")
 
     def log(self) -> str:
         """What the service wrote to stderr (stops it first)."""
@@ -260,11 +268,41 @@ def test_one_log_line_per_request(group_bytes):
     try:
         for _ in range(3):
             httpx.post(det.url + "/detect", content=b"junk", headers={"Content-Type": "image/png"})
+        # the line is written once the response is sent: give the last one a moment to land
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and det.log_so_far().count("POST /detect") < 3:
+            time.sleep(0.05)
     finally:
         log = det.log()
     lines = [line for line in log.splitlines() if "POST /detect" in line]
     assert len(lines) == 3, log
     assert all(" 422 " in line for line in lines)
+
+
+def test_workers_serve_from_separate_processes(group_bytes):
+    """--workers 2: two processes, each loading its own models, answering the same port alike."""
+    import re
+
+    emb = Service("embedding", args=("--workers", "2"))
+    emb.start(timeout=90)
+    try:
+        image = images.decode(group_bytes)
+        faces = [f.to_json() for f in detect(image)]
+        body = {"image": _b64(group_bytes), "faces": faces}
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda _: httpx.post(emb.url + "/embed", json=body, timeout=60), range(8)))
+        assert all(r.status_code == 200 for r in answers)
+        assert all(r.json()["embeddings"] == answers[0].json()["embeddings"] for r in answers)
+        assert np.allclose(answers[0].json()["embeddings"], embed(image, detect(image)), atol=1e-6)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and emb.log_so_far().count(" ready: ") < 2:
+            time.sleep(0.2)
+    finally:
+        emb.proc.send_signal(signal.SIGTERM)  # uvicorn's supervisor stops its workers on SIGTERM
+        emb.proc.wait(30)
+        log = emb.log()
+    ready = set(re.findall(r"facescore\.services\[(\d+)\] .* ready: ", log))
+    assert len(ready) == 2 and str(emb.proc.pid) not in ready, log[-2000:]
 
 
 def test_serve_help_shows_loopback_and_default_ports():
@@ -288,3 +326,71 @@ def test_serve_refuses_a_broken_configuration(clean_env, monkeypatch):
     result = CliRunner().invoke(app, ["serve", "detection", "--port", "1"])
     assert result.exit_code == 2
     assert "ML_SERVICE_TIMEOUT" in result.output
+
+
+# --- property-based: schemathesis generates requests from each service's own /openapi.json -----
+
+@pytest.fixture(scope="module")
+def small_jpeg() -> bytes:
+    """A 320 px copy of the group photo: a real image that decodes fast."""
+    from PIL import Image
+
+    img = Image.open(EXAMPLES / "group.jpg")
+    img.thumbnail((320, 320))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("mode", ["positive", "negative"])
+def test_services_honour_their_openapi_documents(pair, small_jpeg, mode):
+    """Requests generated from the document each service publishes: no 5xx, only documented
+    status codes and content types, responses matching their schemas, every schema-invalid
+    request rejected with a 4xx. In positive mode the generated image is replaced by a real one,
+    so the generated faces reach the embedding code (they found a 500 there: coordinates like
+    1e300 went on to dlib). 'Schema-valid data must be accepted' is not checked: the schema
+    cannot say 'these bytes decode as an image', and such bodies get the documented 422."""
+    import schemathesis
+    from hypothesis import HealthCheck, Phase, given, settings
+    from schemathesis import checks as C
+
+    checks = [C.not_a_server_error, C.status_code_conformance, C.content_type_conformance,
+              C.response_schema_conformance, C.response_headers_conformance, C.negative_data_rejection]
+    positive = mode == "positive"
+    generation = schemathesis.GenerationMode.POSITIVE if positive else schemathesis.GenerationMode.NEGATIVE
+    statuses: dict[str, set[int]] = {}
+    for svc in pair:
+        schema = schemathesis.openapi.from_url(svc.url + "/openapi.json")
+        for result in schema.get_all_operations():
+            op = result.ok()
+            label = op.label
+
+            @settings(max_examples=150, deadline=None, database=None, phases=[Phase.generate],
+                      suppress_health_check=list(HealthCheck))
+            @given(case=op.as_strategy(generation_mode=generation))
+            def call(case):
+                if positive and isinstance(case.body, dict) and "image" in case.body:
+                    case.body["image"] = _b64(small_jpeg)
+                elif positive and isinstance(case.body, bytes):
+                    case.body = small_jpeg
+                response = case.call_and_validate(base_url=svc.url, headers=svc.headers, checks=checks)  # noqa: B023 (called at once)
+                statuses.setdefault(label, set()).add(response.status_code)  # noqa: B023 (called at once)
+
+            call()
+    assert {"GET /health", "POST /detect", "POST /embed"} <= set(statuses)
+    if positive:  # real images with generated faces: some embedded, some refused as not on the image
+        assert {200, 422} <= statuses["POST /embed"] and 200 in statuses["POST /detect"]
+
+
+def test_embed_refuses_faces_that_are_not_on_the_image(pair, small_jpeg):
+    _, emb = pair
+    face = {"box": [10, 10, 50, 50], "landmarks": [[20, 20], [30, 20], [40, 20], [50, 20], [35, 40]]}
+    for bad in ({"landmarks": [[1e300, 20], *face["landmarks"][1:]]},
+                {"box": [10, 10, 0, 50]},
+                {"box": [10, 10, 10**40, 50]},
+                {"landmarks": [[float("1e20"), float("-1e20")], *face["landmarks"][1:]]}):
+        r = httpx.post(emb.url + "/embed", headers=emb.headers,
+                       json={"image": _b64(small_jpeg), "faces": [{**face, **bad}]})
+        assert r.status_code == 422 and "not on this 320x" in r.json()["detail"], r.text
+    r = httpx.post(emb.url + "/embed", headers=emb.headers, json={"image": _b64(small_jpeg), "faces": [face]})
+    assert r.status_code == 200 and len(r.json()["embeddings"]) == 1

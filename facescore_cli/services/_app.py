@@ -235,7 +235,7 @@ def setup_logging() -> None:
     """Services log to stderr at INFO, also in the worker processes uvicorn spawns."""
     if not log.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s[%(process)d] %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.propagate = False

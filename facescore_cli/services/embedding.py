@@ -6,6 +6,7 @@ Run it with `facescore serve embedding`; uvicorn builds the app from the import 
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from fastapi import HTTPException, Request
@@ -14,7 +15,16 @@ from pydantic import BaseModel
 from .. import __version__
 from ..ml import models, resnet
 from ..ml.types import Face
-from ._app import ERRORS, FACE_SCHEMA, Health, Service, ServiceConfig, image_from_json, parse_json, setup_logging
+from ._app import (
+    ERRORS,
+    FACE_SCHEMA,
+    Health,
+    Service,
+    ServiceConfig,
+    image_from_json,
+    parse_json,
+    setup_logging,
+)
 
 MODEL = models.EMBEDDING_MODEL
 DIM = models.EMBEDDING_DIM
@@ -46,8 +56,23 @@ def _faces(obj: dict[str, Any]) -> list[Face]:
         raise HTTPException(413, f"{len(raw)} faces, over the limit of {MAX_FACES}")
     try:
         return [Face.from_json(f) for f in raw]
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:
         raise HTTPException(422, f"malformed face: {exc or type(exc).__name__}") from None
+
+
+def _check_faces(faces: list[Face], width: int, height: int) -> None:
+    """422 unless every face lies on this image: a box of positive size and landmarks that are
+    finite and within one image size of its edges (a face may hang over an edge, no further).
+    Found by schemathesis: numbers like 1e300 reached dlib and answered 500."""
+    for i, face in enumerate(faces):
+        x, y, w, h = face.box
+        xs = [x, x + w, *(px for px, _ in face.landmarks)]
+        ys = [y, y + h, *(py for _, py in face.landmarks)]
+        inside = all(math.isfinite(v) and -width <= v <= 2 * width for v in xs) and all(
+            math.isfinite(v) and -height <= v <= 2 * height for v in ys)
+        if w <= 0 or h <= 0 or not inside:
+            raise HTTPException(422, f"face {i} is not on this {width}x{height} image (box {list(face.box)}); "
+                                     "send faces as /detect returned them for the same image")
 
 
 def create_app(config: ServiceConfig | None = None) -> Any:
@@ -81,6 +106,7 @@ def create_app(config: ServiceConfig | None = None) -> Any:
         obj = parse_json(await svc.read_body(request))
         faces = _faces(obj)
         image = await svc.decode(image_from_json(obj))
+        _check_faces(faces, image.width, image.height)
         await svc.delay()
         vectors = await svc.run(_embed, image, faces) if faces else []
         return {"model": MODEL, "dim": DIM, "embeddings": vectors}
