@@ -35,8 +35,8 @@ from facescore_cli.ml import head as H  # noqa: E402
 # The model maths is shared with `facescore train`; this script adds the OMI specifics
 # (15 outputs, scikit-learn's fold splits, the bundled head's file layout).
 from facescore_cli.training import (  # noqa: E402
-    BLENDS, CHIP_WEIGHT, INNER_FOLDS, KRR_ALPHAS, KRR_GAMMA_MULT, RIDGE_ALPHAS, SEED, Grid, augmented, faces_from,
-    predict_raw,
+    BLENDS, CHIP_WEIGHT, INNER_FOLDS, KRR_ALPHAS, KRR_GAMMA_MULT, RIDGE_ALPHAS, SEED, Grid, augmented, bootstrap_r,
+    faces_from, predict_raw,
 )
 from features import load, ratings, runtime_vectors  # noqa: E402
 
@@ -192,9 +192,11 @@ def main() -> None:
     seeds = range(args.seeds)
     r5, r10 = np.mean([r[5, s] for s in seeds], 0), np.mean([r[10, s] for s in seeds], 0)
     print("\nnested cross-validated Pearson r" + (f", mean over {args.seeds} fold seeds" if args.seeds > 1 else ", fold seed 0"))
-    print(f"  {'output':13s} {'5-fold':>7s} {'10-fold':>7s} {'mean':>7s}")
+    # 95% interval: bootstrap over the faces of the 10-fold, fold seed 0 out-of-fold predictions
+    print(f"  {'output':13s} {'5-fold':>7s} {'10-fold':>7s} {'mean':>7s}   95% CI (10-fold, seed 0)")
     for j, name in enumerate(H.OUTPUTS):
-        print(f"  {name:13s} {r5[j]:7.4f} {r10[j]:7.4f} {(r5[j] + r10[j]) / 2:7.4f}")
+        lo, hi = bootstrap_r(oofs[10, 0][:, j], y[:, j])
+        print(f"  {name:13s} {r5[j]:7.4f} {r10[j]:7.4f} {(r5[j] + r10[j]) / 2:7.4f}   {lo:.3f}-{hi:.3f}")
 
     if args.no_write or not stats:
         return
