@@ -353,6 +353,18 @@ class FaceStore:
         return out
 
 
+def preload_client() -> None:
+    """Import the Qdrant client (~1-1.5 s of imports) in a background thread, so that it loads
+    while the first image is scored rather than after. Only for a process that will not fork
+    (`score` scores in-process): a fork in the middle of an import could leave the child waiting
+    on a lock no thread of its own holds."""
+    import importlib
+    import threading
+
+    threading.Thread(target=importlib.import_module, args=("qdrant_client",), name="qdrant-import",
+                     daemon=True).start()
+
+
 def remember_all(results: Iterable[ImageResult], settings: Settings, warn: Callable[[str], None],
                  enabled: bool = True) -> Iterator[ImageResult]:
     """Pass results through, storing each storable one on the way and setting `store_rank`.
