@@ -3,8 +3,8 @@
 The model is the shipped head's kind (see `training/train_head.py`, whose fitting code this
 module carries in a form the installed package can import, numpy only): the runtime vector
 `embed.embed` returns plus the landmark geometry, standardized (chip statistics weighted by
-CHIP_WEIGHT), then per output a blend of a linear ridge and an RBF kernel ridge, every
-hyper-parameter chosen by an inner K-fold CV on the training part only. (The runtime vector
+CHIP_WEIGHT, ResNet band means by BANDS_WEIGHT), then per output a blend of a linear ridge and
+an RBF kernel ridge, every hyper-parameter chosen by an inner K-fold CV on the training part only. (The runtime vector
 already averages each chip with its mirror image, so mirror rows would add nothing.) The
 cross-validated r is nested (the selection is redone inside
 each outer fold), so it is an honest estimate for faces like the training ones.
@@ -36,7 +36,10 @@ INNER_FOLDS = 5
 # a priori from a non-nested screen (0.35 / 0.5 / 0.7 / 1.0 within 0.001 r of each other), not
 # tuned inside the nested CV.
 CHIP_WEIGHT = 0.5
-VERSION_PREFIX = "user-ridge-krr-v2"
+# Standardized ResNet band means are multiplied by this: fixed from the screen that chose them
+# (0.7 against 0.35 for 'attractive', nested 5-fold CV, two fold seeds; see MODEL_CARD.md).
+BANDS_WEIGHT = 0.7
+VERSION_PREFIX = "user-ridge-krr-v3"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
@@ -170,7 +173,7 @@ def extract(path: Path) -> Extracted | None:
 @dataclass
 class Dataset:
     ids: list[str]
-    x: np.ndarray  # (n, 246) head input rows
+    x: np.ndarray  # (n, VECTOR_DIM + GEOMETRY_DIM) head input rows
     y: np.ndarray
     groups: np.ndarray | None
     missing: list[str]  # ids without an image file
@@ -219,8 +222,11 @@ def kfold(n: int, k: int, seed: int = SEED) -> list[tuple[np.ndarray, np.ndarray
 
 
 def column_weights(dim: int) -> np.ndarray:
+    """Per-column weights of the head's input rows: 1 for the identity embedding and the
+    geometry, CHIP_WEIGHT for the chip statistics, BANDS_WEIGHT for the ResNet band means."""
     w = np.ones(dim)
-    w[H.RESNET_DIM:H.VECTOR_DIM] = CHIP_WEIGHT
+    w[H.RESNET_DIM:H.RESNET_DIM + H.CHIP_STATS_DIM] = CHIP_WEIGHT
+    w[H.RESNET_DIM + H.CHIP_STATS_DIM:H.VECTOR_DIM] = BANDS_WEIGHT
     return w
 
 

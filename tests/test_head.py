@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from facescore_cli.images import decode
-from facescore_cli.ml import detect, embed, features
+from facescore_cli.ml import detect, embed, features, resnet
 from facescore_cli.ml.head import (
     OUTPUTS,
     TRAITS,
@@ -166,10 +166,15 @@ def test_vector_is_the_embedding_then_the_chip_statistics():
     assert vec.shape == (1, VECTOR_DIM) == (1, embed.VECTOR_DIM) and vec.dtype == np.float32
     chip = embed.chips(img, faces)[0]
     own, mirror = embed.vectors([chip, embed.mirrored(chip)])
-    # the vector is the mean over the chip and its mirror image, each [ResNet | chip statistics]
+    # the vector is the mean over the chip and its mirror image, each
+    # [ResNet embedding | chip statistics | ResNet band means]
     assert np.array_equal(vec[0], embed.mean_of(own, mirror))
+    stats_end = embed.RESNET_DIM + features.CHIP_STATS_DIM
     assert np.allclose(own[: embed.RESNET_DIM], embed.embed_chips([chip])[0], atol=1e-5)
-    assert np.array_equal(own[embed.RESNET_DIM:], features.chip_stats(chip).astype(np.float32))
+    assert np.array_equal(own[embed.RESNET_DIM:stats_end], features.chip_stats(chip).astype(np.float32))
+    assert own[stats_end:].shape == (embed.BANDS_DIM,) and (own[stats_end:] >= 0).all()  # means of ReLU outputs
+    _, bands = resnet.descriptors_and_bands([chip])
+    assert np.allclose(own[stats_end:], bands[0], atol=1e-5)
     assert not np.allclose(own, mirror, atol=1e-3)  # a face is not its own mirror image
     assert embed.embed(img, []).shape == (0, VECTOR_DIM)
 

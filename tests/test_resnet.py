@@ -118,3 +118,20 @@ def test_empty_and_bad_inputs():
         resnet.descriptors([np.zeros((100, 100, 3), np.uint8)])
     with pytest.raises(ValueError):
         resnet.descriptors([np.zeros((150, 150, 3), np.float32)])
+
+
+def test_band_means_of_the_third_stage(chips):
+    # band_means on a known map: row r holds r, so each band's mean is the mean of its rows
+    h, w = 19, 19
+    maps = np.broadcast_to(np.arange(h, dtype=np.float32)[None, None, :, None], (1, 2, h, w))
+    bands = resnet.band_means(maps)
+    rows = [np.arange(i * h // 3, (i + 1) * h // 3).mean() for i in range(3)]
+    assert np.allclose(bands[0], np.repeat(rows, 2))  # band after band, the channels within a band
+    # the third stage: 128 channels, non-negative (a ReLU output), a batch gives what singles give
+    desc, b = resnet.descriptors_and_bands(chips[:4])
+    assert desc.shape == (4, 128) and b.shape == (4, resnet.BANDS_DIM) and (b >= 0).all()
+    singles = np.concatenate([resnet.descriptors_and_bands([c])[1] for c in chips[:4]])
+    assert np.abs(b - singles).max() <= 1e-5
+    assert np.array_equal(desc, resnet.descriptors(chips[:4]))
+    # different faces, different band means
+    assert np.abs(b[0] - b[1]).max() > 0.05

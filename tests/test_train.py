@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from facescore_cli import training as T
 from facescore_cli.cli import app
-from facescore_cli.ml.head import DEFAULT_PATH, load_head
+from facescore_cli.ml.head import DEFAULT_PATH, VECTOR_DIM, load_head
 
 OMI = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "omi"
 N_TRAIN = 40
@@ -74,7 +74,8 @@ def test_train_reports_cross_validated_r(trained: dict, files: dict[str, Path]) 
     assert lo < trained["cv_r"] < hi
     with np.load(files["head"]) as data:
         assert [str(t) for t in data["outputs"]] == ["attractive"]
-        assert data["krr_support"].shape == (N_TRAIN, 246)  # one row a face (vectors are mirror-averaged)
+        # one row a face (vectors are mirror-averaged): the vector and the 6 landmark proportions
+        assert data["krr_support"].shape == (N_TRAIN, VECTOR_DIM + 6)
 
 
 def test_evaluate_held_out_faces(trained: dict, files: dict[str, Path]) -> None:
@@ -107,7 +108,7 @@ def test_trained_head_scores_through_facescore_head(trained: dict, files: dict[s
     res = runner.invoke(app, ["score", str(img), "--json", "--via", "local", "--no-store"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     [r] = json.loads(res.stdout)
-    assert r["source"] == "local" and r["model"].startswith("user-ridge-krr-v2")
+    assert r["source"] == "local" and r["model"].startswith(T.VERSION_PREFIX)
     ds = T.build(OMI / "images", T.Ratings([img.name], np.array([0.0]), None))
     assert r["score"] == pytest.approx(float(T.score(T.load_arrays(files["head"]), ds.x)[0]), abs=0.05)
 

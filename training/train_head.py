@@ -35,12 +35,12 @@ from facescore_cli.ml import head as H  # noqa: E402
 # The model maths is shared with `facescore train`; this script adds the OMI specifics
 # (15 outputs, scikit-learn's fold splits, the bundled head's file layout).
 from facescore_cli.training import (  # noqa: E402
-    BLENDS, CHIP_WEIGHT, INNER_FOLDS, KRR_ALPHAS, KRR_GAMMA_MULT, RIDGE_ALPHAS, SEED, Grid, augmented, bootstrap_r,
+    BANDS_WEIGHT, BLENDS, CHIP_WEIGHT, INNER_FOLDS, KRR_ALPHAS, KRR_GAMMA_MULT, RIDGE_ALPHAS, SEED, Grid, augmented, bootstrap_r,
     faces_from, predict_raw,
 )
 from features import load, ratings, runtime_vectors  # noqa: E402
 
-VERSION = "omi-ridge-krr-v3"
+VERSION = "omi-ridge-krr-v4"
 WEIGHTS = None  # per-column weights of the current feature layout, set by main()
 
 
@@ -149,12 +149,16 @@ def main() -> None:
     ap.add_argument("--no-chip-stats", action="store_true",
                     help="measure without the chip statistics (the ResNet embedding only); implies --no-write")
     ap.add_argument("--chip-weight", type=float, default=CHIP_WEIGHT, help="weight of the chip statistics")
+    ap.add_argument("--no-bands", action="store_true",
+                    help="measure without the ResNet band means (as head v3); implies --no-write")
+    ap.add_argument("--bands-weight", type=float, default=BANDS_WEIGHT, help="weight of the ResNet band means")
     ap.add_argument("--seeds", type=int, default=1, help="repeat the 5- and 10-fold CV over this many fold seeds")
     ap.add_argument("--no-write", action="store_true", help="measure only")
     ap.add_argument("--out", type=Path, default=H.DEFAULT_PATH)
     args = ap.parse_args()
     geometry = not args.no_geometry
     stats = not args.no_chip_stats
+    bands = not args.no_bands
 
     data = load()
     stim, names, vals = ratings()
@@ -165,21 +169,27 @@ def main() -> None:
         print(f"no face found in {int((~keep).sum())} images; left out", file=sys.stderr)
     y = y[keep]
     faces = faces_from(data["box"][keep], data["landmarks"][keep])
-    dim = H.VECTOR_DIM if stats else H.RESNET_DIM
-    chip = data["emb"][keep][:, :dim].astype(np.float64)
-    mirror = data["emb_flip"][keep][:, :dim].astype(np.float64)
+    # columns of the runtime vector: [ResNet embedding | chip statistics | band means]
+    n_stats = H.CHIP_STATS_DIM if stats else 0
+    cols = np.r_[0:H.RESNET_DIM, H.RESNET_DIM:H.RESNET_DIM + n_stats,
+                 (H.RESNET_DIM + H.CHIP_STATS_DIM if bands else H.VECTOR_DIM):H.VECTOR_DIM]
+    dim = len(cols)
+    chip = data["emb"][keep][:, cols].astype(np.float64)
+    mirror = data["emb_flip"][keep][:, cols].astype(np.float64)
     if args.embedding == "flip-avg":
-        avg = runtime_vectors(data)[keep][:, :dim]  # the rows equal what `embed` returns
+        avg = runtime_vectors(data)[keep][:, cols]  # the rows equal what `embed` returns
         x, xm = H.features(avg.astype(np.float64), faces, geometry=geometry, dim=dim), None
     else:
         # The landmark proportions are mirror-symmetric, so the mirror row keeps the face's.
         x = H.features(chip, faces, geometry=geometry, dim=dim)
         xm = None if args.no_augment else H.features(mirror, faces, geometry=geometry, dim=dim)
     WEIGHTS = np.ones(x.shape[1])
-    WEIGHTS[H.RESNET_DIM:dim] = args.chip_weight
+    WEIGHTS[H.RESNET_DIM:H.RESNET_DIM + n_stats] = args.chip_weight
+    WEIGHTS[H.RESNET_DIM + n_stats:dim] = args.bands_weight
     print(f"{len(y)} faces; embedding: {args.embedding}; mirror rows added in training: "
           f"{'yes' if xm is not None else 'no'}; geometry: {'yes' if geometry else 'no'}; "
-          f"chip statistics: {f'yes, weight {args.chip_weight:g}' if stats else 'no'}")
+          f"chip statistics: {f'yes, weight {args.chip_weight:g}' if stats else 'no'}; "
+          f"ResNet band means: {f'yes, weight {args.bands_weight:g}' if bands else 'no'}")
 
     r, oofs = {}, {}
     for k in (5, 10):
@@ -198,7 +208,7 @@ def main() -> None:
         lo, hi = bootstrap_r(oofs[10, 0][:, j], y[:, j])
         print(f"  {name:13s} {r5[j]:7.4f} {r10[j]:7.4f} {(r5[j] + r10[j]) / 2:7.4f}   {lo:.3f}-{hi:.3f}")
 
-    if args.no_write or not stats:
+    if args.no_write or not stats or not bands:
         return
     hp = select(x, y, xm)
     xtr, ytr = augmented(x, y, xm, np.arange(len(y)))

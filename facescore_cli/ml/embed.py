@@ -1,9 +1,15 @@
 """faces -> vectors: align each face to a 150 px chip; the vector is dlib's ResNet embedding of the
-chip (128-d, the face's identity) followed by cheap appearance statistics of the same chip, both
-averaged over the chip and its mirror image.
+chip (128-d, the face's identity), cheap appearance statistics of the same chip, and the
+ResNet's third-stage activations averaged over three horizontal bands of the chip, all averaged
+over the chip and its mirror image.
 
     vector = mean over (chip, mirrored chip) of
-             [ResNet embedding (RESNET_DIM = 128) | features.chip_stats (CHIP_STATS_DIM = 112)]
+             [ResNet embedding (RESNET_DIM = 128) | features.chip_stats (CHIP_STATS_DIM = 112)
+              | resnet band means (BANDS_DIM = 384)]
+
+The band means come from the same ResNet pass as the embedding. They keep what the final
+identity layers discard (expression, skin, make-up, age cues): adding them lifted the head's
+nested cross-validated r for 'attractive' by about 0.017 on OMI (training/train_head.py).
 
 The mirror average makes the vector, and so the score, (nearly) the same for a photo and its
 horizontal flip: with the chip's vector alone a flip moved the score by more than 3 points for
@@ -28,7 +34,8 @@ from .types import Face
 CHIP_SIZE = 150
 CHIP_PADDING = 0.25
 RESNET_DIM = 128
-VECTOR_DIM = RESNET_DIM + CHIP_STATS_DIM
+BANDS_DIM = resnet.BANDS_DIM
+VECTOR_DIM = RESNET_DIM + CHIP_STATS_DIM + BANDS_DIM
 
 
 def chips(image: DecodedImage, faces: list[Face]) -> list[np.ndarray]:
@@ -51,12 +58,14 @@ def embed_chips(face_chips: list[np.ndarray]) -> np.ndarray:
 
 
 def vectors(face_chips: list[np.ndarray]) -> np.ndarray:
-    """(n, VECTOR_DIM) float32: each chip's own ResNet embedding, then its `chip_stats` (no
-    mirror average; `flip_averaged` is what `embed` returns)."""
+    """(n, VECTOR_DIM) float32: each chip's own ResNet embedding, its `chip_stats` and the
+    ResNet's band means (no mirror average; `flip_averaged` is what `embed` returns)."""
     if not face_chips:
         return np.zeros((0, VECTOR_DIM), dtype=np.float32)
     stats = np.stack([chip_stats(c) for c in face_chips]).astype(np.float32)
-    return np.hstack([embed_chips(face_chips), stats])
+    # dlib's own network, run by onnxruntime: same weights, ~20x faster than dlib-bin's CPU code
+    desc, bands = resnet.descriptors_and_bands(face_chips)
+    return np.hstack([desc, stats, bands])
 
 
 def mirrored(face_chip: np.ndarray) -> np.ndarray:

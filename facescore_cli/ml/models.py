@@ -8,7 +8,6 @@ import os
 import dlib
 
 from . import head
-from .features import CHIP_STATS_DIM
 
 
 def _weights_file(name: str) -> str:
@@ -27,11 +26,11 @@ def _weights_file(name: str) -> str:
 LANDMARKS_5_PATH = _weights_file("shape_predictor_5_face_landmarks.dat")
 RESNET_PATH = _weights_file("dlib_face_recognition_resnet_model_v1.dat")
 # The vector /embed returns and the head reads: the ResNet's 128-d identity embedding followed
-# by the chip's colour and texture statistics (ml/features.py), averaged over the chip and its
-# mirror image. A service that replaces ours
+# by the chip's colour and texture statistics (ml/features.py) and the ResNet's third-stage band
+# means (ml/resnet.py), averaged over the chip and its mirror image. A service that replaces ours
 # must produce the same vector; the name changes whenever its layout does.
-EMBEDDING_MODEL = head.EMBEDDING_MODEL  # "...+chip_stats_v1+flip_avg": the mean over the chip and its mirror
-EMBEDDING_DIM = 128 + CHIP_STATS_DIM
+EMBEDDING_MODEL = head.EMBEDDING_MODEL  # "...+flip_avg": the mean over the chip and its mirror
+EMBEDDING_DIM = head.VECTOR_DIM
 
 
 @functools.lru_cache(maxsize=None)

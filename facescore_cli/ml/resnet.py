@@ -46,6 +46,12 @@ import numpy as np
 
 CHIP_SIZE = 150
 DIM = 128
+# The head also reads the output of the network's third stage (128 channels): its mean over
+# each of BANDS horizontal bands of the chip (forehead and eyes / nose and cheeks / mouth and
+# chin), BANDS_DIM numbers. Same pass, no extra cost; see `descriptors_and_bands`.
+STAGE3_CHANNELS = 128
+BANDS = 3
+BANDS_DIM = BANDS * STAGE3_CHANNELS
 MAX_BATCH = 16
 
 
@@ -308,12 +314,16 @@ def build_onnx(net: Net) -> bytes:
     x = g.op("MaxPool", x, kernel_shape=[wr, wc], strides=[sy, sx], pads=[py, px, py, px])
     shape = [shape[0], out_size(shape[1], wr, sy, py), out_size(shape[2], wc, sx, px)]
 
+    downs, stage3 = 0, None
     while layers and layers[0][0] == "con":                # residual blocks
         y, yshape = conv_affine(x, shape)
         take("relu")
         y = g.op("Relu", y)
         y, yshape = conv_affine(y, yshape)
         if layers and layers[0][0] == "avg_pool":          # ares_down: skip path is avg_pool(x)
+            downs += 1
+            if downs == 3:                                 # x: the output of the third stage
+                stage3 = (g.op("Identity", x, out="stage3"), list(shape))
             _, wr, wc, sy, sx, py, px = take("avg_pool")
             x = g.op("AveragePool", x, kernel_shape=[wr, wc], strides=[sy, sx], pads=[py, px, py, px])
             shape = [shape[0], out_size(shape[1], wr, sy, py), out_size(shape[2], wc, sx, px)]
@@ -339,8 +349,11 @@ def build_onnx(net: Net) -> bytes:
     graph = [b"".join(_f_bytes(1, n) for n in g.nodes) + _f_bytes(2, "dlib_face_resnet_v1")]
     for t in g.inits:
         graph += _f_chunks(5, t)
+    if stage3 is None or stage3[1][0] != STAGE3_CHANNELS:
+        raise DatFormatError("network has no third stage of 128 channels")
     graph.append(_f_bytes(11, _value_info("chips", _UINT8, ["n", s, s, 3]))
-                 + _f_bytes(12, _value_info("descriptors", _FLOAT, ["n", w.shape[1]])))
+                 + _f_bytes(12, _value_info("descriptors", _FLOAT, ["n", w.shape[1]]))
+                 + _f_bytes(12, _value_info("stage3", _FLOAT, ["n", *stage3[1]])))
     opset = _f_bytes(1, "") + _f_int(2, 17)
     head = _f_int(1, 8) + _f_bytes(2, "facescore_cli.ml.resnet")
     return b"".join([head, *_f_chunks(7, graph), _f_bytes(8, opset)])
@@ -398,14 +411,31 @@ def descriptors(chips: list[np.ndarray]) -> np.ndarray:
     Same weights and arithmetic as dlib's `face_recognition_model_v1.compute_face_descriptor`
     on the same chips (see tests/test_resnet.py for how close).
     """
+    return descriptors_and_bands(chips)[0]
+
+
+def band_means(maps: np.ndarray) -> np.ndarray:
+    """(n, C, H, W) -> (n, BANDS * C): the mean of each channel over each of BANDS horizontal
+    bands (rows i*H//BANDS to (i+1)*H//BANDS, all columns), band after band."""
+    h = maps.shape[2]
+    return np.concatenate([maps[:, :, i * h // BANDS:(i + 1) * h // BANDS].mean((2, 3)) for i in range(BANDS)], 1)
+
+
+def descriptors_and_bands(chips: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 128) descriptors as `descriptors` gives them, and (n, BANDS_DIM) `band_means` of the
+    third stage's output, float32, from one batched pass."""
     if len(chips) == 0:
-        return np.zeros((0, DIM), dtype=np.float32)
+        return np.zeros((0, DIM), dtype=np.float32), np.zeros((0, BANDS_DIM), dtype=np.float32)
     batch = np.stack([np.asarray(c) for c in chips])
     if batch.shape[1:] != (CHIP_SIZE, CHIP_SIZE, 3):
         raise ValueError(f"chips must be {CHIP_SIZE}x{CHIP_SIZE}x3, got {batch.shape[1:]}")
     if batch.dtype != np.uint8:
         raise ValueError(f"chips must be uint8 RGB, got {batch.dtype}")
     sess = session()
+    desc, bands = [], []
     # at most MAX_BATCH chips per run (as dlib does): bounds the activation arena (~2 MB a chip)
-    return np.concatenate([sess.run(["descriptors"], {"chips": batch[i:i + MAX_BATCH]})[0]
-                           for i in range(0, len(batch), MAX_BATCH)])
+    for i in range(0, len(batch), MAX_BATCH):
+        d, maps = sess.run(["descriptors", "stage3"], {"chips": batch[i:i + MAX_BATCH]})
+        desc.append(d)
+        bands.append(band_means(maps).astype(np.float32))
+    return np.concatenate(desc), np.concatenate(bands)
