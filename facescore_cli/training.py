@@ -214,6 +214,9 @@ def faces_from(box: np.ndarray, marks: np.ndarray) -> list[Face]:
 # ---------------------------------------------------------------- fitting (from training/train_head.py)
 
 
+Splits = Callable[[int, int, int], list[tuple[np.ndarray, np.ndarray]]]  # (n, k, seed) -> folds
+
+
 def kfold(n: int, k: int, seed: int = SEED) -> list[tuple[np.ndarray, np.ndarray]]:
     """Shuffled K-fold splits (numpy only; sizes differ by at most one)."""
     order = np.random.default_rng(seed).permutation(n)
@@ -234,10 +237,12 @@ def sqdist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.maximum((a**2).sum(1)[:, None] + (b**2).sum(1)[None, :] - 2.0 * a @ b.T, 0.0)
 
 
-def standardize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def standardize(x: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Means and scales that standardize and weight the columns, (x - mean) / scale; `weights`
+    default to `column_weights` of the full layout."""
     mean, scale = x.mean(0), x.std(0)
     scale = np.where(scale > 0, scale, 1.0)
-    return mean, scale / column_weights(x.shape[1])
+    return mean, scale / (column_weights(x.shape[1]) if weights is None else weights)
 
 
 class Grid:
@@ -281,14 +286,19 @@ def augmented(x, y, xm, rows):
     return np.vstack([x[rows], xm[rows]]), np.vstack([y[rows], y[rows]])
 
 
-def select(x: np.ndarray, y: np.ndarray, xm: np.ndarray | None = None, seed: int = SEED, inner: int = INNER_FOLDS) -> dict:
-    """Per output: ridge alpha, kernel (gamma, alpha) and blend with the lowest inner-CV MSE."""
+def select(x: np.ndarray, y: np.ndarray, xm: np.ndarray | None = None, seed: int = SEED, inner: int = INNER_FOLDS,
+           weights: np.ndarray | None = None, splits: Splits = kfold) -> dict:
+    """Per output: ridge alpha, kernel (gamma, alpha) and blend with the lowest inner-CV MSE.
+
+    `xm`, when given, holds extra rows of `x` (mirror images, say) that join the training part
+    of each inner fold but are never scored. `weights` go to `standardize`; `splits(n, k, seed)`
+    makes the folds."""
     n, t = y.shape
     rp = np.zeros((len(RIDGE_ALPHAS), n, t))
     kp = np.zeros((len(KRR_GAMMA_MULT), len(KRR_ALPHAS), n, t))
-    for tr, te in kfold(n, min(inner, n), seed):
+    for tr, te in splits(n, min(inner, n), seed):
         xtr, ytr = augmented(x, y, xm, tr)
-        mean, scale = standardize(xtr)
+        mean, scale = standardize(xtr, weights)
         g = Grid((xtr - mean) / scale, ytr)
         xt = (x[te] - mean) / scale
         rp[:, te] = g.ridge_preds(xt)
@@ -305,8 +315,9 @@ def select(x: np.ndarray, y: np.ndarray, xm: np.ndarray | None = None, seed: int
             "blend": BLENDS[blend_mse.argmin(0)]}
 
 
-def fit(x: np.ndarray, y: np.ndarray, hp: dict) -> dict:
-    mean, scale = standardize(x)
+def fit(x: np.ndarray, y: np.ndarray, hp: dict, weights: np.ndarray | None = None) -> dict:
+    """Fit with chosen hyper-parameters: the arrays a Head needs, less its references."""
+    mean, scale = standardize(x, weights)
     xs = (x - mean) / scale
     g = Grid(xs, y)
     t = y.shape[1]
@@ -327,14 +338,18 @@ def predict_raw(params: dict, x: np.ndarray) -> np.ndarray:
     return (1 - params["blend"]) * lin + params["blend"] * krr
 
 
-def cross_validate(x: np.ndarray, xm: np.ndarray | None, y: np.ndarray, k: int, seed: int = SEED) -> np.ndarray:
-    """Out-of-fold predictions (n, T) of the whole procedure, hyper-parameter selection included."""
+def cross_validate(x: np.ndarray, xm: np.ndarray | None, y: np.ndarray, k: int, seed: int = SEED,
+                   weights: np.ndarray | None = None, splits: Splits = kfold,
+                   inner_seed: int | None = None) -> np.ndarray:
+    """Out-of-fold predictions (n, T) of the whole procedure, hyper-parameter selection included
+    (its inner folds use `inner_seed`, by default the outer `seed`)."""
     y2 = y.reshape(len(y), -1)
     oof = np.zeros_like(y2, dtype=np.float64)
-    for tr, te in kfold(len(y2), k, seed):
-        hp = select(x[tr], y2[tr], None if xm is None else xm[tr], seed=seed)
+    for tr, te in splits(len(y2), k, seed):
+        hp = select(x[tr], y2[tr], None if xm is None else xm[tr], seed=seed if inner_seed is None else inner_seed,
+                    weights=weights, splits=splits)
         xtr, ytr = augmented(x, y2, xm, tr)
-        oof[te] = predict_raw(fit(xtr, ytr, hp), x[te])
+        oof[te] = predict_raw(fit(xtr, ytr, hp, weights), x[te])
     return oof
 
 

@@ -6,12 +6,13 @@
     python training/train_head.py --no-geometry --no-write
 
 Features come from the runtime pipeline (training/features.py, cached in training/cache/): the
-vector `embed.embed` returns (128-d ResNet embedding + 112 chip colour/texture statistics) and
-the landmark geometry. Every output (attractive + the allowed traits; nothing else is read from
-ratings.csv) is a blend of a linear ridge and an RBF kernel ridge on standardized features, the
-chip statistics weighted by CHIP_WEIGHT (they count for less than the embedding in the kernel's
-distance and are shrunk harder by the ridge; the weight is folded into the stored scales).
-Hyper-parameters
+vector `embed.embed` returns (128-d ResNet embedding + 112 chip colour/texture statistics + 384
+ResNet band means) and the landmark geometry. Every output (attractive + the allowed traits;
+nothing else is read from ratings.csv) is a blend of a linear ridge and an RBF kernel ridge on
+standardized features, the chip statistics weighted by CHIP_WEIGHT and the band means by
+BANDS_WEIGHT (they count for less than the embedding in the kernel's distance and are shrunk
+harder by the ridge; the weights are folded into the stored scales). The model maths is
+facescore_cli.training's, with scikit-learn's fold splits. Hyper-parameters
 (ridge alpha, kernel alpha and gamma, blend weight) are chosen per output by an inner 5-fold
 CV on the training part only, so the outer-fold r figures are honest (nested CV). The written
 head is selected and fitted the same way on all 800 faces; its reference population (for rank
@@ -35,77 +36,16 @@ from facescore_cli.ml import head as H  # noqa: E402
 # The model maths is shared with `facescore train`; this script adds the OMI specifics
 # (15 outputs, scikit-learn's fold splits, the bundled head's file layout).
 from facescore_cli.training import (  # noqa: E402
-    BANDS_WEIGHT, BLENDS, CHIP_WEIGHT, INNER_FOLDS, KRR_ALPHAS, KRR_GAMMA_MULT, RIDGE_ALPHAS, SEED, Grid, augmented, bootstrap_r,
-    faces_from, predict_raw,
+    BANDS_WEIGHT, CHIP_WEIGHT, KRR_GAMMA_MULT, SEED, augmented, bootstrap_r, cross_validate, faces_from, fit, select,
 )
 from features import load, ratings, runtime_vectors  # noqa: E402
 
 VERSION = "omi-ridge-krr-v4"
-WEIGHTS = None  # per-column weights of the current feature layout, set by main()
 
 
-def standardize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Means and scales that standardize and weight the columns: (x - mean) / scale."""
-    mean, scale = x.mean(0), x.std(0)
-    scale = np.where(scale > 0, scale, 1.0)
-    return mean, scale if WEIGHTS is None else scale / WEIGHTS
-
-
-def select(x: np.ndarray, y: np.ndarray, xm: np.ndarray | None = None, seed: int = SEED) -> dict:
-    """Per output: ridge alpha, kernel (gamma, alpha) and blend weight with the lowest inner-CV MSE.
-
-    `xm`, when given, holds the mirror-image rows of `x`: they join the training part of each
-    inner fold (augmentation) but are never scored, since at runtime only un-mirrored chips come.
-    """
-    n, t = y.shape
-    rp = np.zeros((len(RIDGE_ALPHAS), n, t))
-    kp = np.zeros((len(KRR_GAMMA_MULT), len(KRR_ALPHAS), n, t))
-    for tr, te in KFold(INNER_FOLDS, shuffle=True, random_state=seed).split(x):
-        xtr, ytr = augmented(x, y, xm, tr)
-        mean, scale = standardize(xtr)
-        g = Grid((xtr - mean) / scale, ytr)
-        xt = (x[te] - mean) / scale
-        rp[:, te] = g.ridge_preds(xt)
-        kp[:, :, te] = g.krr_preds(xt)
-    ridge_mse = ((rp - y) ** 2).mean(1)  # (alphas, T)
-    krr_mse = ((kp - y) ** 2).mean(2)  # (gammas, alphas, T)
-    ra = ridge_mse.argmin(0)
-    flat = krr_mse.reshape(-1, t).argmin(0)
-    kg, ka = np.unravel_index(flat, krr_mse.shape[:2])
-    cols = np.arange(t)
-    best_r = rp[ra, :, cols].T  # (n, T)
-    best_k = kp[kg, ka, :, cols].T
-    blend_mse = np.stack([(((1 - w) * best_r + w * best_k - y) ** 2).mean(0) for w in BLENDS])
-    return {
-        "ridge_alpha": RIDGE_ALPHAS[ra],
-        "krr_gamma_idx": kg,
-        "krr_alpha": KRR_ALPHAS[ka],
-        "blend": BLENDS[blend_mse.argmin(0)],
-    }
-
-
-def fit(x: np.ndarray, y: np.ndarray, hp: dict) -> dict:
-    """Fit with chosen hyper-parameters; returns the arrays a Head needs (minus references)."""
-    t = y.shape[1]
-    mean, scale = standardize(x)
-    xs = (x - mean) / scale
-    g = Grid(xs, y)
-    lin = np.zeros((x.shape[1], t))
-    dual = np.zeros((x.shape[0], t))
-    for j in range(t):
-        lin[:, j] = g.ridge_coef(hp["ridge_alpha"][j])[:, j]
-        dual[:, j] = g.krr_dual(int(hp["krr_gamma_idx"][j]), hp["krr_alpha"][j])[:, j]
-    return {
-        "x_mean": mean,
-        "x_scale": scale,
-        "lin_coef": lin,
-        "lin_bias": g.ymean,
-        "krr_support": xs.astype(np.float32),
-        "krr_dual": dual,
-        "krr_gamma": g.gammas[hp["krr_gamma_idx"]],
-        "krr_bias": g.ymean,
-        "blend": hp["blend"],
-    }
+def sk_splits(n: int, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """scikit-learn's shuffled K-fold: the folds the shipped head's figures were measured on."""
+    return list(KFold(k, shuffle=True, random_state=seed).split(np.arange(n)))
 
 
 def head_arrays(params: dict, geometry: bool) -> dict:
@@ -122,23 +62,12 @@ def head_arrays(params: dict, geometry: bool) -> dict:
     }
 
 
-def cross_validate(x: np.ndarray, xm: np.ndarray | None, y: np.ndarray, k: int, seed: int = SEED) -> np.ndarray:
-    """Out-of-fold predictions (n, T) of the whole procedure, selection included."""
-    oof = np.zeros_like(y)
-    for tr, te in KFold(k, shuffle=True, random_state=seed).split(x):
-        hp = select(x[tr], y[tr], None if xm is None else xm[tr])
-        xtr, ytr = augmented(x, y, xm, tr)
-        oof[te] = predict_raw(fit(xtr, ytr, hp), x[te])
-    return oof
-
-
 def pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a, b = a - a.mean(0), b - b.mean(0)
     return (a * b).sum(0) / np.sqrt((a**2).sum(0) * (b**2).sum(0))
 
 
 def main() -> None:
-    global WEIGHTS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--embedding", choices=("chip", "flip-avg"), default="flip-avg",
                     help="what the runtime embed returns: the mean of the chip's and its mirror "
@@ -183,9 +112,10 @@ def main() -> None:
         # The landmark proportions are mirror-symmetric, so the mirror row keeps the face's.
         x = H.features(chip, faces, geometry=geometry, dim=dim)
         xm = None if args.no_augment else H.features(mirror, faces, geometry=geometry, dim=dim)
-    WEIGHTS = np.ones(x.shape[1])
-    WEIGHTS[H.RESNET_DIM:H.RESNET_DIM + n_stats] = args.chip_weight
-    WEIGHTS[H.RESNET_DIM + n_stats:dim] = args.bands_weight
+    # per-column weights of this layout (the geometry keeps 1)
+    weights = np.ones(x.shape[1])
+    weights[H.RESNET_DIM:H.RESNET_DIM + n_stats] = args.chip_weight
+    weights[H.RESNET_DIM + n_stats:dim] = args.bands_weight
     print(f"{len(y)} faces; embedding: {args.embedding}; mirror rows added in training: "
           f"{'yes' if xm is not None else 'no'}; geometry: {'yes' if geometry else 'no'}; "
           f"chip statistics: {f'yes, weight {args.chip_weight:g}' if stats else 'no'}; "
@@ -195,7 +125,8 @@ def main() -> None:
     for k in (5, 10):
         for seed in range(args.seeds):
             t0 = time.time()
-            oofs[k, seed] = cross_validate(x, xm, y, k, seed=seed)
+            # inner folds always with SEED, as when the shipped head's figures were measured
+            oofs[k, seed] = cross_validate(x, xm, y, k, seed=seed, weights=weights, splits=sk_splits, inner_seed=SEED)
             r[k, seed] = pearson(oofs[k, seed], y)
             print(f"{k}-fold nested CV, fold seed {seed}: r(attractive) = {r[k, seed][0]:.4f}"
                   f" ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
@@ -210,9 +141,9 @@ def main() -> None:
 
     if args.no_write or not stats or not bands:
         return
-    hp = select(x, y, xm)
+    hp = select(x, y, xm, weights=weights, splits=sk_splits)
     xtr, ytr = augmented(x, y, xm, np.arange(len(y)))
-    arrays = head_arrays(fit(xtr, ytr, hp), geometry)
+    arrays = head_arrays(fit(xtr, ytr, hp, weights), geometry)
     ref = oofs[10, 0]
     arrays["ref_scores"] = np.sort(np.clip(ref[:, 0], 0.0, 100.0))
     arrays["ref_mean"] = ref.mean(0)
