@@ -16,6 +16,11 @@ serve_app = typer.Typer(help="Run facescore's HTTP services.", no_args_is_help=T
 HOST_HELP = "Address to bind. The default answers this machine only; 0.0.0.0 opens it to the network."
 WORKERS_HELP = "Processes, each with its own copy of the models (uvicorn workers)."
 THREADS_HELP = "Inference threads per process (0 = up to 4, one per core)."
+# The options both services share (Typer reads these as defaults; one instance serves both).
+HOST = typer.Option("127.0.0.1", "--host", help=HOST_HELP)
+WORKERS = typer.Option(1, "--workers", min=1, help=WORKERS_HELP)
+THREADS = typer.Option(0, "--threads", min=0, help=THREADS_HELP)
+LOG_LEVEL = typer.Option("info", "--log-level", help="uvicorn's log level.")
 
 
 def _run(factory: str, host: str, port: int, workers: int, threads: int, log_level: str) -> None:
@@ -35,11 +40,11 @@ def _run(factory: str, host: str, port: int, workers: int, threads: int, log_lev
 
 @serve_app.command()
 def detection(
-    host: str = typer.Option("127.0.0.1", "--host", help=HOST_HELP),
+    host: str = HOST,
     port: int = typer.Option(8001, "--port", help="Port to listen on."),
-    workers: int = typer.Option(1, "--workers", min=1, help=WORKERS_HELP),
-    threads: int = typer.Option(0, "--threads", min=0, help=THREADS_HELP),
-    log_level: str = typer.Option("info", "--log-level", help="uvicorn's log level."),
+    workers: int = WORKERS,
+    threads: int = THREADS,
+    log_level: str = LOG_LEVEL,
 ) -> None:
     """The face detection service: POST /detect, GET /health, GET /openapi.json.
 
@@ -56,11 +61,11 @@ def detection(
 
 @serve_app.command()
 def embedding(
-    host: str = typer.Option("127.0.0.1", "--host", help=HOST_HELP),
+    host: str = HOST,
     port: int = typer.Option(8002, "--port", help="Port to listen on."),
-    workers: int = typer.Option(1, "--workers", min=1, help=WORKERS_HELP),
-    threads: int = typer.Option(0, "--threads", min=0, help=THREADS_HELP),
-    log_level: str = typer.Option("info", "--log-level", help="uvicorn's log level."),
+    workers: int = WORKERS,
+    threads: int = THREADS,
+    log_level: str = LOG_LEVEL,
 ) -> None:
     """The face embedding service: POST /embed, GET /health, GET /openapi.json.
 
