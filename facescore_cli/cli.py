@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from . import __version__, output, pipeline
 from .config import Settings
-from .console import err, out, settings_or_exit
+from .console import err, fail, out, settings_or_exit, via_choice
 from .result import ImageResult
 
 app = typer.Typer(
@@ -33,10 +33,7 @@ def _resolve_via(settings: Settings, via: Optional[str]) -> str:
     worker is alive; queue without Redis or without a live worker is exit 2, said at once."""
     from . import queue
 
-    choice = (via or settings.via).lower()
-    if choice not in ("auto", "local", "queue"):
-        err.print(f"[red]--via must be auto, local or queue, not {choice!r}[/red]")
-        raise typer.Exit(2)
+    choice = via_choice(settings, via)
     if choice == "local":
         return "local"
     try:
@@ -138,8 +135,7 @@ def batch(
     try:
         output.format_for(out_path)
     except ValueError as exc:
-        err.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
+        fail(str(exc))
     mode = _resolve_via(settings, via)
     found = pipeline.collect(inputs)
     for shown in found.skipped:
@@ -151,8 +147,7 @@ def batch(
         resumed = sum(1 for i in items if i.display in done)
         items = [i for i in items if i.display not in done]
     if not items and not resumed:
-        err.print("[red]no image files found in the inputs[/red]")
-        raise typer.Exit(2)
+        fail("no image files found in the inputs")
     jobs = jobs if jobs > 0 else pipeline.default_jobs()
     results: list[ImageResult] = []
     start = time.perf_counter()

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .. import output, pipeline, queue
-from ..console import err, out, settings_or_exit, warn
+from ..console import err, fail, out, settings_or_exit, via_choice, warn
 from ..errors import ServiceUnavailable
 from ..result import ImageResult
 from ..store import remember_all
@@ -43,21 +43,18 @@ def submit(
     """
     settings = settings_or_exit()
     if (via or settings.via).lower() == "local":
-        err.print("[red]submit puts images on the queue; --via local makes no sense here (use score or batch)[/red]")
-        raise typer.Exit(2)
+        fail("submit puts images on the queue; --via local makes no sense here (use score or batch)")
     found = pipeline.collect(inputs)
     for shown in found.skipped:
         err.print(f"[yellow]skipped (not an image):[/yellow] {escape(shown)}")
     if not found.items:
-        err.print("[red]no image files found in the inputs[/red]")
-        raise typer.Exit(2)
+        fail("no image files found in the inputs")
     try:
         workers = queue.live_workers(settings)
         batch = queue.run(queue.submit(((i.path, i.display) for i in found.items), settings, keep_s=keep,
                                        workers=workers, store=store))
     except ServiceUnavailable as exc:
-        err.print(f"[red]{escape(str(exc))}[/red]")
-        raise typer.Exit(2) from None
+        fail(str(exc))
     errors = [e for e in batch.entries if e.error]
     for e in errors:
         err.print(f"[red]not queued[/red] {escape(e.path)}: {escape(e.error or '')}")
@@ -96,16 +93,13 @@ def results(
         try:
             output.format_for(out_path)
         except ValueError as exc:
-            err.print(f"[red]{escape(str(exc))}[/red]")
-            raise typer.Exit(2) from None
+            fail(str(exc))
     try:
         batch = queue.run(queue.load_batch(settings, batch_id))
     except KeyError:
-        err.print(f"[red]no batch {escape(batch_id)!r} in Redis (unknown id, or its results expired)[/red]")
-        raise typer.Exit(2) from None
+        fail(f"no batch {batch_id!r} in Redis (unknown id, or its results expired)")
     except ServiceUnavailable as exc:
-        err.print(f"[red]{escape(str(exc))}[/red]")
-        raise typer.Exit(2) from None
+        fail(str(exc))
     collected: list[ImageResult] = []
     pending: list[queue.Entry] = []
     problem: str | None = None
@@ -176,8 +170,7 @@ def worker(
     try:
         queue.ping(settings)
     except ServiceUnavailable as exc:
-        err.print(f"[red]{escape(str(exc))}[/red]")
-        raise typer.Exit(2) from None
+        fail(str(exc))
     serve(FaceWorker(settings, concurrency=concurrency if concurrency > 0 else pipeline.default_jobs(),
                      lock_ms=lock_duration, stalled_ms=stalled_interval, keep_results_s=keep_results, grace_s=grace,
                      log=sys.stdout))
@@ -209,10 +202,7 @@ def api(
     from ..api import create_app
 
     settings = settings_or_exit()
-    choice = (via or settings.via).lower()
-    if choice not in ("auto", "local", "queue"):
-        err.print(f"[red]--via must be auto, local or queue, not {choice!r}[/red]")
-        raise typer.Exit(2)
+    choice = via_choice(settings, via)
     err.print(f"[dim]via {choice}: "
               + ("scoring in this machine's processes" if choice == "local" else
                  f"queue {settings.queue!r} at {queue._safe_url(settings.redis_url)}"

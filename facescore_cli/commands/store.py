@@ -11,7 +11,7 @@ from rich.table import Table
 
 from .. import images
 from ..config import Settings
-from ..console import err, out, settings_or_exit
+from ..console import err, fail, out, settings_or_exit
 from ..store import FaceStore, StoreUnavailable, describe
 
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -97,8 +97,7 @@ def forget(
     """
     targets = targets or []
     if everything == bool(targets):
-        err.print("[red]give image files to forget, or --all (not both)[/red]")
-        raise typer.Exit(2)
+        fail("give image files to forget, or --all (not both)")
     settings = settings_or_exit()
     if everything:
         with _open(settings) as store:

@@ -7,30 +7,24 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from .. import training as T
-from ..console import err, out, settings_or_exit, warn
+from ..console import err, fail, out, settings_or_exit, warn
 
 ID_HELP = "Column naming the image: stimulus (OMI: images/<stimulus>.jpg) or filename. Default: stimulus or filename if present, else the first column."
-
-
-def _fail(msg: str) -> None:
-    err.print(f"[red]{escape(msg)}[/red]")
-    raise typer.Exit(2)
 
 
 def _dataset(images_dir: Path, ratings_csv: Path, target: str, id_column: Optional[str],
              group_column: Optional[str] = None) -> T.Dataset:
     if not images_dir.is_dir():
-        _fail(f"{images_dir} is not a folder")
+        fail(f"{images_dir} is not a folder")
     if not ratings_csv.is_file():
-        _fail(f"{ratings_csv} not found")
+        fail(f"{ratings_csv} not found")
     try:
         ratings = T.read_ratings(ratings_csv, target, id_column, group_column)
     except T.UsageError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     with err.status(f"extracting faces from {len(ratings.ids)} images") as status:
         ds = T.build(images_dir, ratings, lambda k, n: status.update(f"extracting faces: {k}/{n}"))
     if ds.missing:
@@ -65,15 +59,15 @@ def train(
     try:
         T.check_target(target)
     except T.UsageError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if folds < 2:
-        _fail("--folds must be at least 2")
+        fail("--folds must be at least 2")
     ds = _dataset(images_dir, ratings_csv, target, id_column)
     try:
         with err.status(f"training on {len(ds.y)} faces ({folds}-fold nested CV)"):
             res = T.train(ds, target, folds)
     except T.UsageError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     T.save(res.arrays, out_path)
     figures = {"target": target, "n": len(ds.y), "folds": folds, "cv_r": round(res.r, 4),
                "cv_r_ci95": [round(v, 4) for v in res.ci], "cv_mae": round(res.mae, 3), "out": str(out_path)}
@@ -108,17 +102,17 @@ def evaluate(
     try:
         T.check_target(target)
     except T.UsageError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     path = Path(head_path or settings_or_exit().head_path or T.H.DEFAULT_PATH)
     if not path.is_file():
-        _fail(f"head file {path} not found")
+        fail(f"head file {path} not found")
     try:
         arrays = T.load_arrays(path)
     except (T.UsageError, ValueError, KeyError, OSError) as exc:
-        _fail(f"cannot read head {path}: {exc}")
+        fail(f"cannot read head {path}: {exc}")
     ds = _dataset(images_dir, ratings_csv, target, id_column, group_column)
     if len(ds.y) < 3:
-        _fail(f"only {len(ds.y)} usable faces: need at least 3")
+        fail(f"only {len(ds.y)} usable faces: need at least 3")
     res = T.evaluate(arrays, ds)
     if as_json:
         typer.echo(json.dumps(res, indent=2))
