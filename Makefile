@@ -21,9 +21,12 @@ test: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	$(BIN)/python -m pytest
 
+# The anchor, ageitgey's face_recognition CLI, without its dlib source build (dlib-bin is ours);
+# its weights package imports pkg_resources, which setuptools 81 dropped.
 bench: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m pip install --quiet --no-deps face_recognition
+	$(BIN)/python -m pip install --quiet 'setuptools<81'
 	$(BIN)/python bench/bench_batch.py --kind both
 
 clean:

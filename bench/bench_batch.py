@@ -1,6 +1,6 @@
 """facescore batch against the face_recognition command line, same images, same run.
 
-    pip install --no-deps face_recognition && pip install click psutil
+    pip install --no-deps face_recognition && pip install click psutil 'setuptools<81'
     python bench/bench_batch.py [--images N] [--cpus C] [--kind portraits|groups|both]
 
 The anchor is ageitgey's `face_recognition` CLI (dlib HOG detection + dlib ResNet embedding),
@@ -68,16 +68,20 @@ def groups(dst: Path, n: int, seed: int = 11) -> dict[str, list[tuple[int, int, 
     return truth
 
 
-def run(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
-    """Wall seconds and peak RSS (MB, largest single process of the tree) of a command."""
+def run(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str, int, str]:
+    """Wall seconds, peak RSS (MB, largest single process of the tree), stdout, exit code and
+    the last line of stderr of a command."""
     import psutil
 
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     peak = 0.0
     outbuf: list[str] = []
-    reader = threading.Thread(target=lambda: outbuf.append(proc.stdout.read()), daemon=True)
-    reader.start()
+    errbuf: list[str] = []
+    readers = [threading.Thread(target=lambda: outbuf.append(proc.stdout.read()), daemon=True),
+               threading.Thread(target=lambda: errbuf.append(proc.stderr.read()), daemon=True)]
+    for r in readers:
+        r.start()
     ps = psutil.Process(proc.pid)
     while proc.poll() is None:
         try:
@@ -86,8 +90,15 @@ def run(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float
         except psutil.Error:
             pass
         time.sleep(0.05)
-    reader.join()
-    return time.perf_counter() - start, peak, "".join(outbuf)
+    for r in readers:
+        r.join()
+    err = [line for line in "".join(errbuf).splitlines() if line.strip()]
+    return time.perf_counter() - start, peak, "".join(outbuf), proc.returncode, err[-1] if err else ""
+
+
+def anchor_faces_found(out: str, folder: Path) -> int:
+    """Faces the face_recognition CLI reported: one '<image path>,<name>' line each."""
+    return sum(1 for line in out.splitlines() if line.startswith(f"{folder}{os.sep}") and "," in line)
 
 
 def bench(folder: Path, count: int, cpus: int, label: str) -> dict:
@@ -95,18 +106,25 @@ def bench(folder: Path, count: int, cpus: int, label: str) -> dict:
     known.mkdir(exist_ok=True)
     anchor_bin = shutil.which("face_recognition") or str(Path(sys.executable).parent / "face_recognition")
     if not Path(anchor_bin).exists():
-        sys.exit("the anchor is missing: pip install --no-deps face_recognition && pip install click")
-    a_sec, a_mem, a_out = run([anchor_bin, "--cpus", str(cpus), str(known), str(folder)])
+        sys.exit("the anchor is missing: pip install --no-deps face_recognition && pip install click 'setuptools<81'")
+    a_sec, a_mem, a_out, a_code, a_err = run([anchor_bin, "--cpus", str(cpus), str(known), str(folder)])
+    anchor_faces = anchor_faces_found(a_out, folder)
+    if a_code != 0 or anchor_faces == 0:
+        # e.g. face_recognition_models needs pkg_resources, which setuptools >= 81 no longer has
+        first = next((line for line in a_out.splitlines() if line.strip()), "")
+        sys.exit(f"the anchor did not run (exit {a_code}, {anchor_faces} faces): {a_err or first}\n"
+                 "fix: pip install 'setuptools<81' (face_recognition_models imports pkg_resources)")
     out_csv = folder.parent / f"{folder.name}.csv"
     facescore = str(Path(sys.executable).parent / "facescore")
     # default settings (the face store included), in a fresh FACESCORE_HOME so runs compare
     env = {**os.environ, "FACESCORE_HOME": str(folder.parent / f"{folder.name}-home")}
-    f_sec, f_mem, _ = run([facescore, "batch", str(folder), "--out", str(out_csv), "--jobs", str(cpus), "--via", "local"],
+    f_sec, f_mem, _, f_code, f_err = run([facescore, "batch", str(folder), "--out", str(out_csv), "--jobs", str(cpus), "--via", "local"],
                           env)
+    if f_code != 0:
+        sys.exit(f"facescore batch failed (exit {f_code}): {f_err}")
     with out_csv.open() as fh:
         rows = list(csv.DictReader(fh))
     faces = sum(1 for r in rows if r["face"] != "")
-    anchor_faces = sum(1 for line in a_out.splitlines() if line.strip())
     return {"rows": rows, "label": label, "images": count, "anchor_rate": count / a_sec, "facescore_rate": count / f_sec,
             "ratio": a_sec / f_sec, "anchor_mb": a_mem, "facescore_mb": f_mem, "faces": faces, "anchor_faces": anchor_faces}
 
