@@ -28,14 +28,12 @@ import numpy as np
 
 from ..images import DecodedImage
 from . import resnet
-from .features import CHIP_STATS_DIM, chip_stats
+from .features import chip_stats
+from .head import BANDS_DIM, RESNET_DIM, VECTOR_DIM  # noqa: F401  (the layout, also read as embed.*)
 from .types import Face
 
 CHIP_SIZE = 150
 CHIP_PADDING = 0.25
-RESNET_DIM = 128
-BANDS_DIM = resnet.BANDS_DIM
-VECTOR_DIM = RESNET_DIM + CHIP_STATS_DIM + BANDS_DIM
 
 
 def chips(image: DecodedImage, faces: list[Face]) -> list[np.ndarray]:

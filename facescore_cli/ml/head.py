@@ -3,14 +3,15 @@
 The head is a small `.npz` file (`weights/omi-head.npz`, made by `training/train_head.py`)
 trained on the OMI dataset's mean human ratings (CC BY-NC-SA 4.0, see `weights/README.md`).
 
-Input: one vector per face as `embed.embed` returns it (`VECTOR_DIM` = 240: the 128-d dlib
-ResNet embedding of the aligned chip, then 112 colour and texture statistics of the same chip,
-see `features.chip_stats`) plus the detected `Face`, whose five landmarks give a few scale- and
+Input: one vector per face as `embed.embed` returns it (`VECTOR_DIM` = 624: the 128-d dlib
+ResNet embedding of the aligned chip, 112 colour and texture statistics of the same chip (see
+`features.chip_stats`) and 384 band means of the ResNet's third stage, averaged over the chip
+and its mirror image) plus the detected `Face`, whose five landmarks give a few scale- and
 mirror-invariant proportions (eye widths, eye gap, nose drop, yaw). Features are standardized
-with the training means and scales and weighted per group (the chip statistics count for less
-in the kernel's distance than the embedding: the weight is folded into the stored scales), then
-each output is a blend of a linear ridge model and an RBF kernel ridge model whose support
-vectors are the 800 training faces and their mirror images.
+with the training means and scales and weighted per group (the chip statistics and band means
+count for less in the kernel's distance than the embedding: the weights are folded into the
+stored scales), then each output is a blend of a linear ridge model and an RBF kernel ridge
+model whose support vectors are the 800 training faces.
 
 - `score`: the predicted mean 'attractive' rating (0-100 scale of the raters), clipped to 0-100.
 - `traits`: the predicted mean rating of each allowed trait (`TRAITS`), clipped to 0-100
@@ -39,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import resnet
 from .features import CHIP_STATS_DIM
 from .types import Face, Prediction
 
@@ -66,9 +68,11 @@ FORBIDDEN = (
     "asian", "middle-eastern", "hispanic", "islander", "native", "black", "white", "skin-color",
     "gay", "liberal", "godly", "privileged", "electable", "looks-like-you", "gender", "weight",
 )  # fmt: skip
-RESNET_DIM = 128
-BANDS_DIM = 3 * 128  # = resnet.BANDS_DIM
-VECTOR_DIM = RESNET_DIM + CHIP_STATS_DIM + BANDS_DIM  # = embed.VECTOR_DIM (embed imports dlib; this stays numpy only)
+# The layout of embed.embed's vector, defined here because embed imports dlib and the head stays
+# numpy only (resnet and features import numpy alone).
+RESNET_DIM = resnet.DIM
+BANDS_DIM = resnet.BANDS_DIM
+VECTOR_DIM = RESNET_DIM + CHIP_STATS_DIM + BANDS_DIM
 GEOMETRY_DIM = 6
 # The vector layout `embed.embed` returns (= models.EMBEDDING_MODEL). A head file records the
 # layout it was trained on; one trained on another layout is refused (retrain it).
