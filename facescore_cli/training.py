@@ -15,7 +15,6 @@ A trained head holds one output, the chosen rating column, which the runtime rep
 from __future__ import annotations
 
 import csv
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,6 @@ import numpy as np
 from .ml import head as H
 from .ml.types import Face
 
-# The OMI README's attributes that must never be output; used in fairness reports only.
 SEED = 0
 RIDGE_ALPHAS = np.logspace(0, 4.5, 19)
 KRR_ALPHAS = np.logspace(-2.5, 1, 15)
@@ -467,6 +465,3 @@ def evaluate(arrays: dict, ds: Dataset, n_boot: int = 2000) -> dict:
         out["groups"] = tercile_table(pred, ds.y, ds.groups)
     return out
 
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)

@@ -36,7 +36,8 @@ from facescore_cli.ml import head as H  # noqa: E402
 # The model maths is shared with `facescore train`; this script adds the OMI specifics
 # (15 outputs, scikit-learn's fold splits, the bundled head's file layout).
 from facescore_cli.training import (  # noqa: E402
-    BANDS_WEIGHT, CHIP_WEIGHT, KRR_GAMMA_MULT, SEED, augmented, bootstrap_r, cross_validate, faces_from, fit, select,
+    BANDS_WEIGHT, CHIP_WEIGHT, KRR_GAMMA_MULT, SEED, augmented, bootstrap_r, cross_validate, faces_from, fit, pearson,
+    select,
 )
 from features import load, ratings, runtime_vectors  # noqa: E402
 
@@ -62,9 +63,9 @@ def head_arrays(params: dict, geometry: bool) -> dict:
     }
 
 
-def pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a - a.mean(0), b - b.mean(0)
-    return (a * b).sum(0) / np.sqrt((a**2).sum(0) * (b**2).sum(0))
+def pearson_per_output(pred: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson r of each column of `pred` with the same column of `y`."""
+    return np.array([pearson(pred[:, j], y[:, j]) for j in range(y.shape[1])])
 
 
 def main() -> None:
@@ -127,7 +128,7 @@ def main() -> None:
             t0 = time.time()
             # inner folds always with SEED, as when the shipped head's figures were measured
             oofs[k, seed] = cross_validate(x, xm, y, k, seed=seed, weights=weights, splits=sk_splits, inner_seed=SEED)
-            r[k, seed] = pearson(oofs[k, seed], y)
+            r[k, seed] = pearson_per_output(oofs[k, seed], y)
             print(f"{k}-fold nested CV, fold seed {seed}: r(attractive) = {r[k, seed][0]:.4f}"
                   f" ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
     seeds = range(args.seeds)

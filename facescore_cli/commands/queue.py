@@ -17,9 +17,6 @@ from ..errors import ServiceUnavailable
 from ..result import ImageResult
 from ..store import remember_all
 
-_say = warn
-
-
 def submit(
     inputs: list[str] = typer.Argument(..., help="Files and folders (folders are walked recursively).", show_default=False),
     via: Optional[str] = typer.Option(None, "--via", help="queue or auto (env FACESCORE_VIA); submit always uses the queue.",
@@ -114,8 +111,8 @@ def results(
         with progress:
             task = progress.add_task(f"batch {batch_id}", total=len(batch.entries))
             try:
-                arriving = queue.iterate(queue.collect(batch, settings, wait=wait, warn=_say, pending=pending))
-                for r in remember_all(arriving, settings, _say, enabled=batch.store):
+                arriving = queue.iterate(queue.collect(batch, settings, wait=wait, warn=warn, pending=pending))
+                for r in remember_all(arriving, settings, warn, enabled=batch.store):
                     collected.append(r)
                     if writer is not None:
                         writer.write(r)
