@@ -374,11 +374,15 @@ def bootstrap_r(pred: np.ndarray, y: np.ndarray, n_boot: int = 2000, seed: int =
     return float(lo), float(hi)
 
 
+def terciles(groups: np.ndarray) -> np.ndarray:
+    """Each value's tercile of `groups`: 0 (low), 1 (mid) or 2 (high)."""
+    return np.digitize(groups, np.quantile(groups, [1 / 3, 2 / 3]), right=True)
+
+
 def tercile_table(pred: np.ndarray, y: np.ndarray, groups: np.ndarray) -> list[dict]:
     """Per tercile of `groups` (low / mid / high): n, group value range, mean signed error
     (predicted - rated), MAE and r. Aggregates only: nothing per face."""
-    cuts = np.quantile(groups, [1 / 3, 2 / 3])
-    which = np.digitize(groups, cuts, right=True)  # 0, 1, 2
+    which = terciles(groups)
     out = []
     for t, name in enumerate(("low", "mid", "high")):
         m = which == t
