@@ -1,189 +1,568 @@
-"""Typer commands only: parse, call, print."""
+"""Typer commands only: parse, call, print.
+
+Start-up matters (`--help` and `--version` under 0.25 s): this module and facescore_cli/commands/
+import only typer and the standard library at the top; numpy, PIL, rich, redis, qdrant and the
+models are imported inside the commands that need them.
+"""
 from __future__ import annotations
 
-import json
-import logging
+import os
+import shlex
+import signal
 import sys
 import time
+from collections.abc import Iterable, Iterator
+from enum import Enum
 from pathlib import Path
-from collections.abc import Iterator
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from typer.core import TyperGroup
 
-from . import __version__, output, pipeline
-from .config import Settings
-from .console import err, fail, out, settings_or_exit, via_choice
-from .result import ImageResult
+from . import __version__, console
+from .console import err, fail, note, settings_or_exit, warn
+
+if TYPE_CHECKING:
+    from .config import Settings
+    from .output import RowWriter, Tally
+    from .pipeline import Item
+    from .result import ImageResult
+
+_QUIET = {"-q", "--quiet"}
+_VERBOSE = {"-v", "--verbose", "-vv"}
+
+
+class FaceScoreGroup(TyperGroup):
+    """The root command group: `-v` / `-q` anywhere on the line (before `--`), and real metavars."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _tidy_help(self)
+
+    def main(self, args: Any = None, *rest: Any, **kwargs: Any) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        console.ARGV[:] = argv
+        if argv == ["--version"]:  # before any parsing: typer's parameter parsing imports pydantic (~0.1 s)
+            print(__version__)
+            return 0 if kwargs.get("standalone_mode", True) is False else sys.exit(0)
+        kept: list[str] = []
+        level = 0
+        for i, a in enumerate(argv):
+            if a == "--":
+                kept += argv[i:]
+                break
+            if a in _QUIET:
+                level = -1
+            elif a in _VERBOSE:
+                level = max(level, 0) + (2 if a == "-vv" else 1) if level >= 0 else level
+            else:
+                kept.append(a)
+        console.set_verbosity(level)
+        return super().main(kept, *rest, **kwargs)
+
+
+def _quiet_help_option(cmd: Any) -> None:
+    made = cmd.get_help_option
+
+    def get_help_option(ctx: Any) -> Any:
+        opt = made(ctx)
+        if opt is not None:
+            opt.metavar = ""
+        return opt
+
+    cmd.get_help_option = get_help_option
+
+
+def _tidy_help(group: Any) -> None:
+    """Flags show no `<bool>`; options and arguments without a metavar show their name."""
+    _quiet_help_option(group)
+    for cmd in group.commands.values():
+        if hasattr(cmd, "commands"):
+            _tidy_help(cmd)
+            continue
+        _quiet_help_option(cmd)
+        for p in cmd.params:
+            if p.param_type_name == "argument":  # its metavar is its name; no type column, no braces
+                p.display_type_rich = lambda ctx: None
+                p._usage_display_name = (lambda p=p: p.display_name_raw if p.required else f"[{p.display_name_raw}]")
+            if p.metavar is not None:
+                continue
+            if getattr(p, "is_flag", False) or getattr(p, "count", False):
+                p.metavar = ""
+            elif p.param_type_name == "argument":
+                p.metavar = p.name.upper() + ("..." if p.nargs != 1 else "")
+            else:
+                p.metavar = p.name.upper().replace("_PATH", "")
+
 
 app = typer.Typer(
+    cls=FaceScoreGroup,
     help="Score faces in photos for perceived attractiveness (as rated by a population of raters), "
-    "with a one-word vibe and a percentile rank.",
+    "with a one-word vibe and a percentile rank. -v for more detail, -q for errors only, on any command.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-VIA_HELP = "auto | local | queue (env FACESCORE_VIA). auto uses the queue when a worker is alive, else local."
+
+class Via(str, Enum):
+    auto = "auto"
+    local = "local"
+    queue = "queue"
 
 
-def _resolve_via(settings: Settings, via: Optional[str]) -> str:
-    """local or queue, said in one line on stderr. auto takes the queue when Redis answers and a
-    worker is alive; queue without Redis or without a live worker is exit 2, said at once."""
-    from . import queue
+VIA_HELP = "Who scores (env FACESCORE_VIA, default auto): local here, queue through Redis and the workers, " \
+           "auto the queue when a worker is alive, else local."
+STORE_HELP = "Keep real-model results in the face store (Qdrant); --no-store keeps them out."
+NUL_HELP = "With INPUT -: the paths on stdin are separated by NUL (find -print0), not newlines."
+# The options every command that takes inputs shares.
+VIA = typer.Option(None, "--via", help=VIA_HELP, show_default=False, metavar="auto|local|queue")
+STORE = typer.Option(True, "--store/--no-store", help=STORE_HELP)
+NUL = typer.Option(False, "-0", "--null", help=NUL_HELP)
 
-    choice = via_choice(settings, via)
+
+def _resolve_via(settings: Settings, via: Optional[Via]) -> str:
+    """local or queue. Silent unless the queue is used (or -v): a user who never asked for a
+    queue hears nothing about Redis. --via queue without Redis or a live worker exits 2."""
+    choice = console.via_choice(settings, via.value if via else None)
     if choice == "local":
         return "local"
+    from . import queue
+
     try:
         mode, why = queue.choose_via(settings, choice)
     except queue.ServiceUnavailable as exc:
-        err.print(f"[red]--via queue:[/red] {exc}")
-        raise typer.Exit(2) from None
-    err.print(f"[dim]{why}[/dim]", highlight=False)
+        fail(f"--via queue: {exc}")
+    note(why, level=0 if mode == "queue" else 1)
     return mode
 
 
-def _results(items: list[pipeline.Item], settings: Settings, mode: str, jobs: int) -> Iterator[ImageResult]:
-    """Results as they arrive, from the path `_resolve_via` chose."""
+def read_inputs(inputs: list[str], null: bool) -> list[str]:
+    """The inputs with `-` replaced by the paths on stdin (one a line, or NUL-separated with -0),
+    each checked to exist: a typo is a usage error (exit 2) before any work starts."""
+    given: list[str] = []
+    for name in inputs:
+        if name == "-":
+            data = sys.stdin.read()
+            given += [p for p in (data.split("\0") if null else data.splitlines()) if p.strip()]
+        else:
+            given.append(name)
+    if not given:
+        fail("no inputs: give files or folders, or - to read paths from stdin")
+    missing = [g for g in given if not os.path.exists(g)]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        fail(f"no such file or folder: {missing[0]}{more}")
+    return given
+
+
+def _collect(given: list[str]) -> list[Item]:
+    from . import pipeline
+
+    found = pipeline.collect(given)
+    for shown in found.skipped:
+        note(f"skipped (not an image file): {shown}")
+    if not found.items:
+        fail("no image files in the inputs" + (f" ({len(found.skipped)} other files skipped)" if found.skipped else ""))
+    return found.items
+
+
+def _results(items: list[Item], settings: Settings, mode: str, jobs: int,
+             store: bool) -> tuple[Iterator[ImageResult], Iterator[ImageResult]]:
+    """(the scorer's results, the same through the face store) as they arrive, from the path
+    `_resolve_via` chose. The first is returned too, so that a stopped run can close it."""
+    from .store import remember_all
+
     if mode == "queue":
         from . import queue
 
-        return queue.score_items(items, settings,
-                                 warn=lambda msg: err.print(f"[yellow]warning:[/yellow] {msg}", highlight=False),
-                                 on_batch=lambda b: err.print(f"[dim]batch {b.id}: {b.jobs} job(s) queued[/dim]",
-                                                              highlight=False))
-    return pipeline.score_items(items, settings, jobs)
+        raw = queue.score_items(items, settings, warn=warn,
+                                on_batch=lambda b: note(f"batch {b.id}: {b.jobs} job(s) queued"))
+    else:
+        from . import pipeline
+
+        raw = pipeline.score_items(items, settings, jobs)
+    return raw, remember_all(raw, settings, warn, enabled=store)
 
 
-def _remember(results: Iterator[ImageResult], settings: Settings, store: bool = True) -> Iterator[ImageResult]:
-    """Where results pass on their way to the output: real-model faces go into the store (in this
-    process only: the embedded store allows one writer) and get their `store_rank`."""
-    from rich.markup import escape
+def in_input_order(results: Iterable[ImageResult], items: list[Item]) -> Iterator[ImageResult]:
+    """Results in the order of `items`. The scorers keep a bounded window of work in flight,
+    so this holds at most that many results back."""
+    index = {item.display: i for i, item in enumerate(items)}
+    held: dict[int, ImageResult] = {}
+    nxt = 0
+    for r in results:
+        i = index.get(r.path)
+        if i is None:  # not one of ours (cannot happen today): pass it on
+            yield r
+            continue
+        held[i] = r
+        while nxt in held:
+            yield held.pop(nxt)
+            nxt += 1
+        while nxt < len(items) and items[nxt].display not in index:  # pragma: no cover
+            nxt += 1
+    for i in sorted(held):
+        yield held[i]
 
-    from .store import remember_all
 
-    return remember_all(results, settings, lambda msg: err.print(f"[yellow]warning:[/yellow] {escape(msg)}"),
-                        enabled=store)
-
-
-def _exit_code(results: list[ImageResult]) -> int:
-    return 1 if any(r.failed for r in results) else 0
+def _exit_code(failed: bool) -> int:
+    return 1 if failed else 0
 
 
 @app.callback(invoke_without_command=True)
 def main(
     version: bool = typer.Option(False, "--version", help="Print the version and exit."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what the chain does."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="Say more: why local or queue, the chain's log (any command)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Errors only: no notes, progress or summary (any command)."),
 ) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.ERROR, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
     if version:
-        out.print(__version__)
+        typer.echo(__version__)
         raise typer.Exit(0)
+
+
+# --------------------------------------------------------------------------------------- score
+
+
+def _format(as_json: bool, as_jsonl: bool, as_csv: bool, as_tsv: bool) -> str | None:
+    chosen = [name for name, on in (("json", as_json), ("jsonl", as_jsonl), ("csv", as_csv), ("tsv", as_tsv)) if on]
+    if len(chosen) > 1:
+        fail(f"give one output format, not {' and '.join('--' + c for c in chosen)}")
+    return chosen[0] if chosen else None
 
 
 @app.command()
 def score(
-    images: list[Path] = typer.Argument(..., help="Image files to score.", show_default=False),
-    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON instead of a table."),
-    via: Optional[str] = typer.Option(None, "--via", help=VIA_HELP, show_default=False),
-    store: bool = typer.Option(True, "--store/--no-store", help="Keep real-model results in the face store (Qdrant)."),
+    inputs: list[str] = typer.Argument(..., help="Image files and folders (folders recursively); - reads paths from stdin.",
+                                       show_default=False, metavar="INPUT..."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per image (its faces nested), as a list."),
+    as_jsonl: bool = typer.Option(False, "--jsonl", help="Result rows as JSON lines (the batch schema)."),
+    as_csv: bool = typer.Option(False, "--csv", help="Result rows as CSV (the batch schema)."),
+    as_tsv: bool = typer.Option(False, "--tsv", help="Result rows as TSV (the batch schema)."),
+    via: Optional[Via] = VIA,
+    store: bool = STORE,
+    null: bool = NUL,
 ) -> None:
-    """Score one or more images and print a table: file, face, score, vibe, rank, confidence, source.
+    """Score images and print a table: file, face, score, vibe, rank, confidence, source.
+
+    On a terminal the table is drawn; in a pipe it is plain tab-separated lines with a header,
+    never folded. Exit 0 when every image was scored (no face is a result), 1 when any failed.
 
     [bold]Examples[/bold]
 
       facescore score examples/faces/omi-46.jpg
 
-      facescore score a.jpg b.png --json
+      facescore score examples/ --csv > results.csv
+
+      find photos -name '*.jpg' -print0 | facescore score - -0 --jsonl
     """
+    fmt = _format(as_json, as_jsonl, as_csv, as_tsv)
     settings = settings_or_exit()
+    given = read_inputs(inputs, null)
     mode = _resolve_via(settings, via)
-    items = [pipeline.Item(p, str(p)) for p in images]
-    if store:  # jobs=1: scores in this process, nothing forks
+    items = _collect(given)
+    if store and mode == "local":  # jobs=1: scores in this process, nothing forks
         from .store import preload_client
 
         preload_client()
-    results = list(_remember(_results(items, settings, mode, jobs=1), settings, store))
-    if as_json:
-        typer.echo(json.dumps([r.to_json() for r in results], indent=2))
+    raw, results = _results(items, settings, mode, jobs=1, store=store)
+    collected = list(results)
+    if fmt == "json":
+        import json
+
+        typer.echo(json.dumps([r.to_json() for r in collected], indent=2))
+    elif fmt is not None:
+        from .output import RowWriter
+
+        with RowWriter(None, fmt) as writer:
+            for r in collected:
+                writer.write(r)
+    elif console.stdout_is_terminal():
+        from .output import results_table
+
+        console.out.print(results_table(collected))
     else:
-        out.print(output.results_table(results))
-    raise typer.Exit(_exit_code(results))
+        from .output import plain_table
+
+        sys.stdout.write(plain_table(collected))
+        sys.stdout.flush()
+    raise typer.Exit(_exit_code(any(r.failed for r in collected)))
+
+
+# --------------------------------------------------------------------------------------- batch
+
+
+class Stopped(BaseException):
+    """A stop signal arrived (a BaseException, like KeyboardInterrupt, so that no `except
+    Exception` on the way turns it into an error row)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+_STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
+class stop_signals:
+    """SIGINT, SIGTERM and SIGHUP raise Stopped in the main thread, once; later ones are ignored
+    while the run winds down (it finishes or drops what is in flight and flushes the file)."""
+
+    def __enter__(self) -> "stop_signals":
+        self._old = {s: signal.getsignal(s) for s in _STOP_SIGNALS}
+        for s in _STOP_SIGNALS:
+            signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        for s in _STOP_SIGNALS:
+            signal.signal(s, signal.SIG_IGN)
+        raise Stopped(signum)
+
+    def __exit__(self, *exc: object) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def resume_command(out: str) -> str:
+    """The command line that was run, with --resume (and without --force): how to finish."""
+    argv = [a for a in console.ARGV if a not in ("--force", "-f")]
+    if "--resume" not in argv:
+        argv.append("--resume")
+    return shlex.join([*shlex.split(console.program()), *argv])
+
+
+class _Progress:
+    """A progress bar on a terminal; elsewhere (nohup, CI, a redirect) a plain line every ~10 s."""
+
+    INTERVAL_S = 10.0
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.done = 0
+        self.start = time.perf_counter()
+        self._last = 0.0
+        self._bar: Any = None
+        self._task: Any = None
+        self.enabled = console.VERBOSITY >= 0
+        if self.enabled and console.stderr_is_terminal():
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+
+            self._bar = Progress(
+                TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                console=err, transient=False)
+
+    def __enter__(self) -> "_Progress":
+        if self._bar is not None:
+            self._bar.__enter__()
+            self._task = self._bar.add_task("scoring", total=self.total, rate="")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+        elif self.enabled and self.done and self._last < self.elapsed - 0.5:
+            self._line()
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def print(self, msg: str) -> None:
+        (self._bar.console if self._bar is not None else err).print(msg, highlight=False, soft_wrap=True)
+
+    def advance(self) -> None:
+        self.done += 1
+        rate = self.done / self.elapsed if self.elapsed > 0 else 0.0
+        if self._bar is not None:
+            self._bar.update(self._task, advance=1, rate=f"{rate:.2f} img/s")
+        elif self.enabled and (self.done == 1 or self.elapsed - self._last >= self.INTERVAL_S):
+            self._line()
+
+    def _line(self) -> None:
+        self._last = self.elapsed
+        rate = self.done / self._last if self._last > 0 else 0.0
+        left = (self.total - self.done) / rate if rate > 0 else 0.0
+        pct = 100.0 * self.done / self.total if self.total else 100.0
+        err.print(f"scored {self.done}/{self.total} ({pct:.0f}%), {rate:.2f} images/s, "
+                  f"elapsed {_hms(self._last)}, ETA {_hms(left)}", highlight=False, soft_wrap=True)
+
+
+def _hms(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def _out_kind(out: str, fmt: str | None) -> str:
+    """The output format, checked before any work: from the flag for `-`, else the extension."""
+    from .output import format_for
+
+    if out == "-":
+        return fmt or "csv"
+    path = Path(out)
+    if path.is_dir():
+        fail(f"--out {path} is a folder; give a file name such as {path / 'results.csv'}")
+    try:
+        kind = format_for(path)
+    except ValueError as exc:
+        fail(str(exc))
+    if fmt and fmt != kind:
+        fail(f"--{fmt} does not match --out {path.name} (the format follows the extension)")
+    return kind
 
 
 @app.command()
 def batch(
-    inputs: list[str] = typer.Argument(..., help="Files and folders (folders are walked recursively).", show_default=False),
-    out_path: Path = typer.Option(..., "--out", "-o", help="results.csv or results.jsonl (format from the extension)."),
-    resume: bool = typer.Option(False, "--resume", help="Skip inputs already in --out and append to it."),
-    jobs: int = typer.Option(0, "--jobs", "-j", help="Processes to score in (0 = one per core)."),
-    via: Optional[str] = typer.Option(None, "--via", help=VIA_HELP, show_default=False),
-    store: bool = typer.Option(True, "--store/--no-store", help="Keep real-model results in the face store (Qdrant)."),
+    inputs: list[str] = typer.Argument(..., help="Files and folders (folders recursively); - reads paths from stdin.",
+                                       show_default=False, metavar="INPUT..."),
+    out: str = typer.Option(..., "--out", "-o", metavar="FILE|-",
+                            help="results.csv, .tsv, .json or .jsonl (format from the extension), or - for stdout."),
+    resume: bool = typer.Option(False, "--resume", help="Add to an existing --out: skip images already in it, "
+                                "score again those whose row was an error."),
+    force: bool = typer.Option(False, "--force", "-f", help="Replace an existing --out."),
+    as_csv: bool = typer.Option(False, "--csv", help="With --out -: CSV (the default)."),
+    as_tsv: bool = typer.Option(False, "--tsv", help="With --out -: TSV."),
+    as_json: bool = typer.Option(False, "--json", help="With --out -: one JSON list of rows, at the end."),
+    as_jsonl: bool = typer.Option(False, "--jsonl", help="With --out -: JSON lines, as they are scored."),
+    jobs: int = typer.Option(0, "--jobs", "-j", min=0, metavar="N", help="Processes to score in (0 = one per core)."),
+    ordered: bool = typer.Option(True, "--ordered/--unordered",
+                                 help="Rows in input order (store_rank then does not depend on which process "
+                                      "finished first); --unordered writes each as soon as it is scored."),
+    via: Optional[Via] = VIA,
+    store: bool = STORE,
+    null: bool = NUL,
 ) -> None:
-    """Score files and folders, writing one row per face to CSV or JSONL as it is produced.
+    """Score files and folders, writing one row per face as it is produced.
+
+    An existing --out is added to only with --resume and replaced only with --force. Stopped by
+    Ctrl-C, SIGTERM or SIGHUP, it finishes or drops what is in flight, keeps the file whole and
+    prints the command that carries on.
 
     [bold]Examples[/bold]
 
       facescore batch examples/ --out results.csv
 
-      facescore batch photos/ more/ --out results.jsonl --jobs 2 --resume
+      facescore batch photos/ --out results.jsonl --resume
+
+      find photos -newer last-run -print0 | facescore batch - -0 --out - --jsonl | jq .score
     """
+    fmt = _format(as_json, as_jsonl, as_csv, as_tsv)
+    kind = _out_kind(out, fmt)
+    to_stdout = out == "-"
+    if to_stdout and resume:
+        fail("--resume needs an output file, not --out -")
+    out_path = None if to_stdout else Path(out)
+    if out_path is not None:
+        from .output import check_out
+
+        problem = check_out(out_path, resume=resume, force=force)
+        if problem:
+            fail(problem)
     settings = settings_or_exit()
+    given = read_inputs(inputs, null)
+    mode = _resolve_via(settings, via)
+    items = _collect(given)
+
+    keep: list[dict[str, str]] = []
+    resumed = 0
+    append = False
+    if resume and out_path is not None and out_path.is_file() and out_path.stat().st_size > 0:
+        items, keep, resumed = _plan_resume(out_path, kind, items)
+        append = kind != "json"
+        if not items:
+            note(f"nothing to score: all {resumed} images are already in {out_path}")
+            raise typer.Exit(0)
+
+    from .output import RowWriter, Tally, score_summary, summary_table
+
+    tally = Tally()
+    writer = RowWriter(out_path, kind, append=append, keep=keep if kind == "json" else None)
+    n_jobs = jobs if jobs > 0 else _default_jobs()
+    raw, results = _results(items, settings, mode, n_jobs, store)
+    stream: Iterator[ImageResult] = in_input_order(results, items) if ordered else results
+    progress = _Progress(len(items))
     try:
-        output.format_for(out_path)
+        with stop_signals(), writer, progress:
+            for r in stream:
+                writer.write(r)
+                tally.add(r)
+                if r.failed:
+                    progress.print(f"[red]failed[/red] {_esc(r.path)}: {_esc(r.error or '')}")
+                progress.advance()
+    except (Stopped, KeyboardInterrupt) as exc:
+        signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
+        for gen in (stream, results, raw):  # finish or drop the work in flight, close the store
+            close = getattr(gen, "close", None)
+            if close:
+                close()
+        name = signal.Signals(signum).name
+        where = "stdout" if to_stdout else str(out_path)
+        console.error(f"stopped by {name}: {tally.images} of {len(items)} images written to {where}")
+        if not to_stdout:
+            again = resume_command(out)
+            stdin = " (with the same paths on stdin)" if "-" in inputs else ""
+            err.print(f"to finish, run{stdin}: {again}", highlight=False, soft_wrap=True)
+        raise typer.Exit(128 + signum) from None
+    if console.VERBOSITY >= 0:
+        err.print(summary_table(tally, progress.elapsed, resumed=resumed))
+        text = score_summary(tally)
+        if text:
+            err.print(text, highlight=False, soft_wrap=True)
+        if not to_stdout:
+            note(f"wrote {out_path}")
+    raise typer.Exit(_exit_code(tally.failed > 0))
+
+
+def _plan_resume(out_path: Path, kind: str, items: list[Item]) -> tuple[list[Item], list[dict[str, str]], int]:
+    """(what is left to score, the rows a .json file keeps, how many inputs are done), after
+    repairing the file; says what it skipped, retried and repaired."""
+    from . import resume
+    from .output import read_rows, rewrite
+
+    try:
+        existing = read_rows(out_path)
     except ValueError as exc:
         fail(str(exc))
-    mode = _resolve_via(settings, via)
-    found = pipeline.collect(inputs)
-    for shown in found.skipped:
-        err.print(f"[yellow]skipped (not an image):[/yellow] {shown}")
-    items = found.items
-    resumed = 0
-    if resume:
-        done = output.done_paths(out_path)
-        resumed = sum(1 for i in items if i.display in done)
-        items = [i for i in items if i.display not in done]
-    if not items and not resumed:
-        fail("no image files found in the inputs")
-    jobs = jobs if jobs > 0 else pipeline.default_jobs()
-    results: list[ImageResult] = []
-    start = time.perf_counter()
-    progress = Progress(
-        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-        console=err, transient=False,
-    )
-    try:
-        with output.RowWriter(out_path, append=resume) as writer, progress:
-            task = progress.add_task("scoring", total=len(items), rate="")
-            for r in _remember(_results(items, settings, mode, jobs), settings, store):
-                writer.write(r)
-                results.append(r)
-                if r.failed:
-                    progress.console.print(f"[red]failed[/red] {r.path}: {r.error}")
-                elapsed = time.perf_counter() - start
-                progress.update(task, advance=1, rate=f"{len(results) / elapsed:.2f} img/s" if elapsed > 0 else "")
-    except KeyboardInterrupt:
-        err.print(f"[yellow]interrupted: {len(results)} images written to {out_path}; "
-                  f"run again with --resume to finish[/yellow]")
-        raise typer.Exit(130) from None
-    err.print(output.summary_table(results, time.perf_counter() - start, len(found.skipped), resumed))
-    err.print(f"wrote {out_path}")
-    raise typer.Exit(_exit_code(results))
+    p = resume.plan(out_path, items, existing)
+    if p.repaired:
+        note(f"repaired {out_path}: its last line was cut short; scoring {p.repaired} again")
+    if p.retried:
+        note(f"scoring again {len(p.retried)} image(s) whose rows were errors (first: {p.retried[0]})")
+    if p.done:
+        how = f", {p.by_content} of them recognised by content" if p.by_content else ""
+        note(f"skipping {p.done} image(s) already in {out_path}{how}")
+    if p.rewrite and kind != "json":
+        rewrite(out_path, p.keep)
+        note(f"rewrote {out_path} without {p.dropped} row(s) (errors, duplicates, a cut line)", level=1)
+    return p.todo, p.keep, p.done
+
+
+def _esc(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _default_jobs() -> int:
+    from .pipeline import default_jobs
+
+    return default_jobs()
 
 
 def _register_commands() -> None:
-    """Each module in facescore_cli/commands/ adds its commands with `register(app)`."""
+    """Each module in facescore_cli/commands/ adds its commands with `register(app)` (modules
+    whose name starts with _ are helpers). They import only what registering needs."""
     import importlib
     import pkgutil
 
     from . import commands
 
     for mod in sorted(m.name for m in pkgutil.iter_modules(commands.__path__)):
-        importlib.import_module(f"{commands.__name__}.{mod}").register(app)
+        if not mod.startswith("_"):
+            importlib.import_module(f"{commands.__name__}.{mod}").register(app)
 
 
 _register_commands()

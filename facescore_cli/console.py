@@ -1,32 +1,106 @@
-"""The terminal side shared by every command: where output goes, and settings or exit 2."""
+"""The terminal side shared by every command: where output goes, how loud, and exit 2 on usage.
+
+Nothing here imports rich until something is printed through it, so `--version` and `--help`
+stay fast (rich's console alone costs ~40 ms of imports).
+"""
 from __future__ import annotations
 
-from typing import NoReturn
+import logging
+import os
+import sys
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
-from .config import Settings
-from .errors import ConfigError
+if TYPE_CHECKING:
+    from rich.console import Console
 
-out = Console()
-err = Console(stderr=True)
+    from .config import Settings
+
+# -v / -q on every command (set by cli.CommonOptions before the command runs)
+VERBOSITY = 0  # -1 quiet: errors only; 0 normal; 1+ verbose: notes and the chain's log
+# The arguments the command line was called with, for messages that say how to run it again.
+ARGV: list[str] = []
+
+
+class _LazyConsole:
+    """A rich Console made at first use."""
+
+    def __init__(self, stderr: bool) -> None:
+        self._stderr = stderr
+        self._console: Console | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=self._stderr)
+        return getattr(self._console, name)
+
+
+out: Console = _LazyConsole(stderr=False)  # type: ignore[assignment]
+err: Console = _LazyConsole(stderr=True)  # type: ignore[assignment]
+
+
+def set_verbosity(level: int) -> None:
+    global VERBOSITY
+    VERBOSITY = level
+    logging.basicConfig(level=logging.INFO if level > 0 else logging.ERROR, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s", force=True)
+
+
+def is_terminal(stream: Any) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def stdout_is_terminal() -> bool:
+    return is_terminal(sys.stdout)
+
+
+def stderr_is_terminal() -> bool:
+    return is_terminal(sys.stderr)
 
 
 def settings_or_exit() -> Settings:
     """The settings, or a one-line configuration error and exit code 2."""
+    from .config import Settings
+    from .errors import ConfigError
+
     try:
         return Settings.load()
     except ConfigError as exc:
-        err.print(f"[red]configuration error:[/red] {escape(str(exc))}")
+        error(f"configuration error: {exc}")
         raise typer.Exit(2) from None
 
 
+def error(msg: str) -> None:
+    """One line on stderr, always shown (also with -q)."""
+    from rich.markup import escape
+
+    err.print(f"[red]{escape(msg)}[/red]", highlight=False, soft_wrap=True)
+
+
 def fail(msg: str) -> NoReturn:
-    """A one-line error in red on stderr, then exit code 2 (bad input or an unusable setting)."""
-    err.print(f"[red]{escape(msg)}[/red]")
+    """A one-line usage error on stderr, then exit code 2 (bad input or an unusable setting)."""
+    error(msg)
     raise typer.Exit(2)
+
+
+def warn(msg: str) -> None:
+    from rich.markup import escape
+
+    err.print(f"[yellow]warning:[/yellow] {escape(msg)}", highlight=False, soft_wrap=True)
+
+
+def note(msg: str, *, level: int = 0) -> None:
+    """A dim informational line on stderr, shown at verbosity >= `level` (never with -q)."""
+    if VERBOSITY >= level and VERBOSITY >= 0:
+        from rich.markup import escape
+
+        err.print(f"[dim]{escape(msg)}[/dim]", highlight=False, soft_wrap=True)
 
 
 def via_choice(settings: Settings, via: str | None) -> str:
@@ -37,5 +111,6 @@ def via_choice(settings: Settings, via: str | None) -> str:
     return choice
 
 
-def warn(msg: str) -> None:
-    err.print(f"[yellow]warning:[/yellow] {escape(msg)}")
+def program() -> str:
+    """How to call us again: `python -m facescore_cli` when run that way, else `facescore`."""
+    return "python -m facescore_cli" if sys.argv and sys.argv[0].endswith("__main__.py") else "facescore"

@@ -11,6 +11,12 @@ COLUMNS = ["path", "face", "x", "y", "width", "height", "confidence", "score", "
 NO_FACE = "no face found"
 
 
+def trait_column(trait: str) -> str:
+    """The row column of a trait: `trait_` and the name with `_` for `-` (well-groomed ->
+    trait_well_groomed), a name pandas attributes and SQL take without quoting."""
+    return "trait_" + trait.replace("-", "_")
+
+
 @dataclass
 class FaceResult:
     face: Face
@@ -86,7 +92,7 @@ class ImageResult:
                    "rank": f.rank, "error": ""}
             if f.store_rank is not None:
                 row["store_rank"] = f.store_rank
-            row.update({f"trait_{k}": v for k, v in f.traits.items()})
+            row.update({trait_column(k): v for k, v in f.traits.items()})
             rows.append({k: row.get(k, "") for k in COLUMNS} | row)
         return rows
 

@@ -146,7 +146,7 @@ def test_batch_exit_zero_resume_and_jsonl(clean_env: Path, tmp_path: Path) -> No
     res = invoke("batch", str(folder), "--out", str(out), "--jobs", "1", "--via", "local")
     assert res.exit_code == 0, res.output
     first = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(first) == 2 and all(r["source"] == "local" and r["traits"] for r in first)
+    assert len(first) == 2 and all(r["source"] == "local" and r["trait_well_groomed"] for r in first)
     # an interrupted write leaves half a line; --resume repairs it and scores only what is new
     with out.open("a") as fh:
         fh.write('{"path": "cut sh')
@@ -160,7 +160,7 @@ def test_batch_exit_zero_resume_and_jsonl(clean_env: Path, tmp_path: Path) -> No
 def test_usage_errors_exit_two(clean_env: Path, portrait: Path, tmp_path: Path,
                                monkeypatch: pytest.MonkeyPatch) -> None:
     assert invoke("batch", str(portrait), "--out", str(tmp_path / "r.txt")).exit_code == 2
-    assert invoke("batch", str(tmp_path / "empty-folder-missing"), "--out", str(tmp_path / "r.csv")).exit_code == 1
+    assert invoke("batch", str(tmp_path / "empty-folder-missing"), "--out", str(tmp_path / "r.csv")).exit_code == 2
     monkeypatch.setenv("USE_REAL_ML", "maybe")
     res = invoke("score", str(portrait))
     assert res.exit_code == 2 and "USE_REAL_ML" in res.output

@@ -4,15 +4,6 @@ from __future__ import annotations
 import json
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-
-from .. import health as _health
-from ..config import Settings
-from ..errors import ConfigError
-
-_STYLE = {_health.OK: "green", _health.NOT_CONFIGURED: "dim", _health.DISABLED: "dim"}
 
 
 def health(
@@ -29,6 +20,15 @@ def health(
 
       FACE_DETECTION_SERVICE=http://127.0.0.1:8001 FACE_EMBEDDING_SERVICE=http://127.0.0.1:8002 facescore health --json
     """
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .. import health as _health
+    from ..config import Settings
+    from ..errors import ConfigError
+
+    style_of = {_health.OK: "green", _health.NOT_CONFIGURED: "dim", _health.DISABLED: "dim"}
     err = Console(stderr=True)
     try:
         report = _health.run(Settings.load())
@@ -40,7 +40,7 @@ def health(
     else:
         table = Table("component", "status", "latency", "detail", title="facescore health")
         for c in report.checks:
-            style = _STYLE.get(c.status, "red")
+            style = style_of.get(c.status, "red")
             latency = f"{c.latency_ms:.0f} ms" if c.latency_ms is not None else ""
             table.add_row(c.component, f"[{style}]{c.status}[/{style}]", latency, escape(c.detail))
         out = Console()

@@ -8,29 +8,33 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .. import output, pipeline, queue
-from ..console import err, fail, out, settings_or_exit, via_choice, warn
-from ..errors import ServiceUnavailable
-from ..result import ImageResult
-from ..store import remember_all
+from .. import console
+from .serve import LogLevel
+from ..console import err, fail, note, out, settings_or_exit, via_choice, warn
+
+# queue.KEEP_RESULTS_S, without importing redis to show --help (tests/test_cli_start.py checks)
+KEEP_RESULTS_S = 7 * 24 * 3600
+
 
 def submit(
-    inputs: list[str] = typer.Argument(..., help="Files and folders (folders are walked recursively).", show_default=False),
-    via: Optional[str] = typer.Option(None, "--via", help="queue or auto (env FACESCORE_VIA); submit always uses the queue.",
-                                      show_default=False),
-    keep: int = typer.Option(queue.KEEP_RESULTS_S, "--keep", help="Seconds the batch record stays in Redis."),
+    inputs: list[str] = typer.Argument(..., help="Files and folders (folders recursively); - reads paths from stdin.",
+                                       show_default=False, metavar="INPUT..."),
+    via: Optional[str] = typer.Option(None, "--via", metavar="auto|queue", show_default=False,
+                                      help="auto (default): refuse when no worker is alive on the queue, so photos never "
+                                           "land in an unrelated Redis; queue: queue them anyway, for workers started later."),
+    keep: int = typer.Option(KEEP_RESULTS_S, "--keep", metavar="SECONDS", help="Seconds the batch record stays in Redis."),
     as_json: bool = typer.Option(False, "--json", help='Print {"batch", "jobs", "inputs", "errors"} instead of the id.'),
     store: bool = typer.Option(True, "--store/--no-store",
                                help="Keep the results in the face store when they are collected with `results`."),
+    null: bool = typer.Option(False, "-0", "--null", help="With INPUT -: the paths on stdin are NUL-separated."),
 ) -> None:
     """Put images on the Redis queue and print the batch id at once; collect with `facescore results`.
 
     Each image is one job whose id comes from its bytes and the model version, so an image
     submitted again is not scored again while its result is kept. Unreadable files and files
-    over the size cap are recorded as errors and not queued.
+    over the size cap are recorded as errors and not queued. With no live worker on the queue it
+    refuses (exit 2) unless --via queue says to queue anyway.
 
     [bold]Examples[/bold]
 
@@ -38,17 +42,25 @@ def submit(
 
       id=$(facescore submit a.jpg b.jpg) && facescore results "$id" --wait --out results.csv
     """
+    from rich.markup import escape
+
+    from .. import queue
+    from ..cli import _collect, read_inputs
+    from ..errors import ServiceUnavailable
+
     settings = settings_or_exit()
-    if (via or settings.via).lower() == "local":
+    choice = via_choice(settings, via)
+    if choice == "local":
         fail("submit puts images on the queue; --via local makes no sense here (use score or batch)")
-    found = pipeline.collect(inputs)
-    for shown in found.skipped:
-        err.print(f"[yellow]skipped (not an image):[/yellow] {escape(shown)}")
-    if not found.items:
-        fail("no image files found in the inputs")
+    given = read_inputs(inputs, null)
+    items = _collect(given)
+    where = f"queue {settings.queue!r} at {queue._safe_url(settings.redis_url)}"
     try:
         workers = queue.live_workers(settings)
-        batch = queue.run(queue.submit(((i.path, i.display) for i in found.items), settings, keep_s=keep,
+        if not workers and choice != "queue":
+            fail(f"no live worker on {where}: nothing queued. Start `facescore worker` there, or pass "
+                 f"--via queue to queue for workers started later")
+        batch = queue.run(queue.submit(((i.path, i.display) for i in items), settings, keep_s=keep,
                                        workers=workers, store=store))
     except ServiceUnavailable as exc:
         fail(str(exc))
@@ -56,20 +68,21 @@ def submit(
     for e in errors:
         err.print(f"[red]not queued[/red] {escape(e.path)}: {escape(e.error or '')}")
     if not workers:
-        err.print(f"[yellow]no live worker on queue {settings.queue!r}: the jobs wait until one starts "
-                  f"(facescore worker)[/yellow]")
+        warn(f"no live worker on {where}: the jobs wait until one starts (facescore worker)")
     if as_json:
         typer.echo(json.dumps({"batch": batch.id, "jobs": batch.jobs, "inputs": len(batch.entries),
                                "errors": [{"path": e.path, "error": e.error} for e in errors]}))
     else:
-        err.print(f"[dim]{batch.jobs} job(s) queued for {len(batch.entries)} input(s) on queue {settings.queue!r}[/dim]")
+        note(f"{batch.jobs} job(s) queued for {len(batch.entries)} input(s) on {where}")
         typer.echo(batch.id)
     raise typer.Exit(1 if errors else 0)
 
 
 def results(
-    batch_id: str = typer.Argument(..., help="The id `facescore submit` printed.", show_default=False),
-    out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="Write rows to .csv or .jsonl as they arrive."),
+    batch_id: str = typer.Argument(..., help="The id `facescore submit` printed.", show_default=False, metavar="BATCH_ID"),
+    out_path: Optional[Path] = typer.Option(None, "--out", "-o", metavar="FILE",
+                                            help="Write rows to .csv, .tsv, .json or .jsonl as they arrive."),
+    force: bool = typer.Option(False, "--force", "-f", help="Replace an existing --out."),
     wait: bool = typer.Option(False, "--wait", help="Wait until every job has finished (with a progress bar)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON instead of a table."),
 ) -> None:
@@ -85,12 +98,19 @@ def results(
 
       facescore results 20240101-120000-1a2b3c4d --wait --out results.jsonl
     """
-    settings = settings_or_exit()
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from .. import output, queue
+    from ..errors import ServiceUnavailable
+    from ..result import ImageResult
+    from ..store import remember_all
+
     if out_path is not None:
-        try:
-            output.format_for(out_path)
-        except ValueError as exc:
-            fail(str(exc))
+        problem = output.check_out(out_path, resume=False, force=force)
+        if problem:
+            fail(problem)
+    settings = settings_or_exit()
     try:
         batch = queue.run(queue.load_batch(settings, batch_id))
     except KeyError:
@@ -98,13 +118,14 @@ def results(
     except ServiceUnavailable as exc:
         fail(str(exc))
     collected: list[ImageResult] = []
+    tally = output.Tally()
     pending: list[queue.Entry] = []
     problem: str | None = None
     start = time.perf_counter()
     progress = Progress(
         TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err, transient=False,
-        disable=not wait,
+        disable=not wait or console.VERBOSITY < 0,
     )
     writer = output.RowWriter(out_path) if out_path is not None else None
     try:
@@ -114,6 +135,7 @@ def results(
                 arriving = queue.iterate(queue.collect(batch, settings, wait=wait, warn=warn, pending=pending))
                 for r in remember_all(arriving, settings, warn, enabled=batch.store):
                     collected.append(r)
+                    tally.add(r)
                     if writer is not None:
                         writer.write(r)
                     progress.update(task, advance=1)
@@ -128,11 +150,14 @@ def results(
     if as_json:
         typer.echo(json.dumps([r.to_json() for r in collected], indent=2))
     elif out_path is None:
-        out.print(output.results_table(collected))
-    if wait or collected:
-        err.print(output.summary_table(collected, time.perf_counter() - start))
+        if console.stdout_is_terminal():
+            out.print(output.results_table(collected))
+        else:
+            sys.stdout.write(output.plain_table(collected))
+    if (wait or collected) and console.VERBOSITY >= 0:
+        err.print(output.summary_table(tally, time.perf_counter() - start))
     if out_path is not None:
-        err.print(f"wrote {out_path}")
+        note(f"wrote {out_path}")
     if problem:
         err.print(f"[red]{escape(problem)}[/red]")
     if pending:
@@ -142,12 +167,14 @@ def results(
 
 
 def worker(
-    concurrency: int = typer.Option(0, "--concurrency", "-c", help="Jobs at once, one process each (0 = one per core)."),
-    lock_duration: int = typer.Option(30_000, "--lock-duration", min=1000, help="Job lock, ms; renewed at half."),
-    stalled_interval: int = typer.Option(30_000, "--stalled-interval", min=500,
+    concurrency: int = typer.Option(0, "--jobs", "-j", "--concurrency", "-c", min=0, metavar="N",
+                                    help="Jobs at once, one process each (0 = one per core)."),
+    lock_duration: int = typer.Option(30_000, "--lock-duration", min=1000, metavar="MS", help="Job lock, ms; renewed at half."),
+    stalled_interval: int = typer.Option(30_000, "--stalled-interval", min=500, metavar="MS",
                                          help="How often jobs of dead workers are looked for, ms."),
-    keep_results: int = typer.Option(queue.KEEP_RESULTS_S, "--keep-results", help="Seconds completed results stay in Redis."),
-    grace: float = typer.Option(30.0, "--grace", help="Seconds to finish in-flight jobs after SIGINT/SIGTERM."),
+    keep_results: int = typer.Option(KEEP_RESULTS_S, "--keep", "--keep-results", metavar="SECONDS",
+                                     help="Seconds completed results stay in Redis."),
+    grace: float = typer.Option(30.0, "--grace", metavar="SECONDS", help="Seconds to finish in-flight jobs after SIGINT/SIGTERM."),
 ) -> None:
     """Take `score` jobs from the Redis queue (FACESCORE_QUEUE at REDIS_URL), score them, return results.
 
@@ -161,6 +188,8 @@ def worker(
 
       REDIS_URL=rediss://:s3cret@redis.example:6380 facescore worker --concurrency 4
     """
+    from .. import pipeline, queue
+    from ..errors import ServiceUnavailable
     from ..worker import FaceWorker, serve
 
     settings = settings_or_exit()
@@ -177,9 +206,9 @@ def api(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; 0.0.0.0 opens it to the network."),
     port: int = typer.Option(3000, "--port", help="Port to listen on."),
     via: Optional[str] = typer.Option(None, "--via", help="auto | local | queue (env FACESCORE_VIA): who scores.",
-                                      show_default=False),
-    timeout: float = typer.Option(30.0, "--timeout", help="Seconds a request waits for a worker's result."),
-    log_level: str = typer.Option("info", "--log-level", help="uvicorn's log level."),
+                                      show_default=False, metavar="auto|local|queue"),
+    timeout: float = typer.Option(30.0, "--timeout", metavar="SECONDS", help="Seconds a request waits for a worker's result."),
+    log_level: LogLevel = typer.Option(LogLevel.info, "--log-level", help="uvicorn's log level."),
 ) -> None:
     """The original REST endpoint: POST /api/score with {"image": "<base64>"}.
 
@@ -196,6 +225,7 @@ def api(
     """
     import uvicorn
 
+    from .. import queue
     from ..api import create_app
 
     settings = settings_or_exit()
@@ -204,7 +234,7 @@ def api(
               + ("scoring in this machine's processes" if choice == "local" else
                  f"queue {settings.queue!r} at {queue._safe_url(settings.redis_url)}"
                  + (", local when no worker is alive" if choice == "auto" else "")) + "[/dim]", highlight=False)
-    uvicorn.run(create_app(settings, choice, timeout), host=host, port=port, access_log=False, log_level=log_level,
+    uvicorn.run(create_app(settings, choice, timeout), host=host, port=port, access_log=False, log_level=log_level.value,
                 timeout_graceful_shutdown=5)
 
 

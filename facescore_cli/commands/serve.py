@@ -5,11 +5,24 @@ Other modules may add commands to the same group: `from .serve import serve_app`
 from __future__ import annotations
 
 import os
+from enum import Enum
 
 import typer
 
 from ..config import Settings
 from ..errors import ConfigError
+
+
+class LogLevel(str, Enum):
+    """uvicorn's log levels."""
+
+    critical = "critical"
+    error = "error"
+    warning = "warning"
+    info = "info"
+    debug = "debug"
+    trace = "trace"
+
 
 serve_app = typer.Typer(help="Run facescore's HTTP services.", no_args_is_help=True)
 
@@ -17,13 +30,13 @@ HOST_HELP = "Address to bind. The default answers this machine only; 0.0.0.0 ope
 WORKERS_HELP = "Processes, each with its own copy of the models (uvicorn workers)."
 THREADS_HELP = "Inference threads per process (0 = up to 4, one per core)."
 # The options both services share (Typer reads these as defaults; one instance serves both).
-HOST = typer.Option("127.0.0.1", "--host", help=HOST_HELP)
-WORKERS = typer.Option(1, "--workers", min=1, help=WORKERS_HELP)
-THREADS = typer.Option(0, "--threads", min=0, help=THREADS_HELP)
-LOG_LEVEL = typer.Option("info", "--log-level", help="uvicorn's log level.")
+HOST = typer.Option("127.0.0.1", "--host", metavar="ADDRESS", help=HOST_HELP)
+WORKERS = typer.Option(1, "--jobs", "-j", "--workers", min=1, metavar="N", help=WORKERS_HELP)
+THREADS = typer.Option(0, "--threads", min=0, metavar="N", help=THREADS_HELP)
+LOG_LEVEL = typer.Option(LogLevel.info, "--log-level", help="uvicorn's log level.")
 
 
-def _run(factory: str, host: str, port: int, workers: int, threads: int, log_level: str) -> None:
+def _run(factory: str, host: str, port: int, workers: int, threads: int, log_level: LogLevel) -> None:
     import uvicorn
 
     try:
@@ -35,7 +48,7 @@ def _run(factory: str, host: str, port: int, workers: int, threads: int, log_lev
         # Read by the app factory in each worker process (uvicorn spawns them afresh).
         os.environ["FACESCORE_SERVICE_THREADS"] = str(threads)
     uvicorn.run(factory, factory=True, host=host, port=port, workers=workers, access_log=False,
-                log_level=log_level, timeout_graceful_shutdown=5)
+                log_level=log_level.value, timeout_graceful_shutdown=5)
 
 
 @serve_app.command()
@@ -44,7 +57,7 @@ def detection(
     port: int = typer.Option(8001, "--port", help="Port to listen on."),
     workers: int = WORKERS,
     threads: int = THREADS,
-    log_level: str = LOG_LEVEL,
+    log_level: LogLevel = LOG_LEVEL,
 ) -> None:
     """The face detection service: POST /detect, GET /health, GET /openapi.json.
 
@@ -54,7 +67,7 @@ def detection(
 
       facescore serve detection
 
-      FACESCORE_SERVICE_TOKEN=s3cret facescore serve detection --host 0.0.0.0 --port 9001 --workers 2
+      FACESCORE_SERVICE_TOKEN=s3cret facescore serve detection --host 0.0.0.0 --port 9001 --jobs 2
     """
     _run("facescore_cli.services.detection:create_app", host, port, workers, threads, log_level)
 
@@ -65,7 +78,7 @@ def embedding(
     port: int = typer.Option(8002, "--port", help="Port to listen on."),
     workers: int = WORKERS,
     threads: int = THREADS,
-    log_level: str = LOG_LEVEL,
+    log_level: LogLevel = LOG_LEVEL,
 ) -> None:
     """The face embedding service: POST /embed, GET /health, GET /openapi.json.
 

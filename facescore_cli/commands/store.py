@@ -3,21 +3,31 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
-from .. import images
-from ..config import Settings
+from .. import console
 from ..console import err, fail, out, settings_or_exit
-from ..store import FaceStore, StoreUnavailable, describe
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..store import FaceStore
 
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
+def escape(text: str) -> str:
+    from rich.markup import escape as _escape
+
+    return _escape(text)
+
+
 def _open(settings: Settings) -> FaceStore:
+    from ..store import FaceStore, StoreUnavailable
+
     try:
         return FaceStore.open(settings)
     except StoreUnavailable as exc:
@@ -26,8 +36,9 @@ def _open(settings: Settings) -> FaceStore:
 
 
 def similar(
-    image: Path = typer.Argument(..., help="The image whose largest face to look for.", show_default=False),
-    limit: int = typer.Option(10, "--limit", "-k", min=1, max=1000, help="How many stored faces to show."),
+    image: Path = typer.Argument(..., help="The image whose largest face to look for.", show_default=False,
+                                 metavar="IMAGE"),
+    limit: int = typer.Option(10, "--limit", "-k", min=1, max=1000, metavar="K", help="How many stored faces to show."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
 ) -> None:
     """The stored faces most like the largest face in IMAGE, most similar first.
@@ -42,10 +53,14 @@ def similar(
 
       facescore similar me.jpg --limit 3 --json
     """
+    from rich.table import Table
+
     from ..scoring import Scorer
-    from ..store import storable
+    from ..store import StoreUnavailable, describe, storable
 
     settings = settings_or_exit()
+    if not image.is_file():
+        fail(f"no such file: {image}" if not image.exists() else f"{image} is a folder; give one image")
     result = Scorer.from_settings(settings).score_file(image, str(image))
     if result.failed:
         err.print(f"[red]{escape(str(image))}:[/red] {escape(result.error or 'could not be scored')}")
@@ -81,8 +96,10 @@ def similar(
 
 
 def forget(
-    targets: list[str] = typer.Argument(None, help="Image files (or their SHA-256 in hex).", show_default=False),
+    targets: list[str] = typer.Argument(None, help="Image files (or their SHA-256 in hex).", show_default=False,
+                                        metavar="IMAGE..."),
     everything: bool = typer.Option(False, "--all", help="Delete every stored face, of every model version."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="With --all: do not ask (needed when stdin is not a terminal)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Delete the stored faces of these images (found by the SHA-256 of their bytes), or --all.
@@ -93,12 +110,20 @@ def forget(
 
       facescore forget examples/faces/omi-46.jpg
 
-      facescore forget --all
+      facescore forget --all --yes
     """
+    from .. import images
+    from ..store import StoreUnavailable, describe
+
     targets = targets or []
     if everything == bool(targets):
         fail("give image files to forget, or --all (not both)")
     settings = settings_or_exit()
+    if everything and not yes:
+        if not console.is_terminal(sys.stdin):
+            fail("forget --all deletes every stored face: add --yes to confirm (stdin is not a terminal)")
+        if not typer.confirm(f"Delete every stored face in {describe(settings)}?", default=False, err=True):
+            fail("nothing deleted")
     if everything:
         with _open(settings) as store:
             try:
@@ -140,6 +165,8 @@ def forget(
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
     else:
+        from rich.table import Table
+
         table = Table(title="forgotten")
         for name, justify in (("file", "left"), ("sha256", "left"), ("faces removed", "right"), ("error", "left")):
             table.add_column(name, justify=justify, overflow="fold")

@@ -6,17 +6,22 @@ import json
 from pathlib import Path
 from typing import Optional
 
-import typer
-from rich.table import Table
+from typing import TYPE_CHECKING
 
-from .. import training as T
+import typer
+
 from ..console import err, fail, out, settings_or_exit, warn
+
+if TYPE_CHECKING:
+    from .. import training as T
 
 ID_HELP = "Column naming the image: stimulus (OMI: images/<stimulus>.jpg) or filename. Default: stimulus or filename if present, else the first column."
 
 
 def _dataset(images_dir: Path, ratings_csv: Path, target: str, id_column: Optional[str],
              group_column: Optional[str] = None) -> T.Dataset:
+    from .. import training as T
+
     if not images_dir.is_dir():
         fail(f"{images_dir} is not a folder")
     if not ratings_csv.is_file():
@@ -56,6 +61,8 @@ def train(
 
       facescore train omi/images omi/ratings.csv --target attractive --out omi-mine.npz
     """
+    from .. import training as T
+
     try:
         T.check_target(target)
     except T.UsageError as exc:
@@ -99,6 +106,8 @@ def evaluate(
 
       facescore evaluate SCUT/Images test.txt --target score --head scut.npz --json
     """
+    from .. import training as T
+
     try:
         T.check_target(target)
     except T.UsageError as exc:
@@ -120,6 +129,8 @@ def evaluate(
     typer.echo(f"head {res['head']} vs {target!r}: n = {res['n']}, Pearson r = {res['r']:.3f} "
                f"(95% CI {res['r_ci95'][0]:.3f} to {res['r_ci95'][1]:.3f}), MAE = {res['mae']:.2f}")
     if "groups" in res:
+        from rich.table import Table
+
         table = Table("tercile of " + group_column, "range", "n", "mean signed error", "MAE", "r")
         for g in res["groups"]:
             fmt = lambda v, f: "" if v is None else format(v, f)

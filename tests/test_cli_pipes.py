@@ -1,0 +1,164 @@
+"""Issue 15: the command line people expect. Pipes, --out rules, usage errors, help, confirmation."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from facescore_cli.cli import app
+from facescore_cli.output import CSV_COLUMNS
+from facescore_cli.result import COLUMNS
+
+runner = CliRunner()
+FACES = sorted((Path(__file__).parents[1] / "examples" / "faces").glob("*.jpg"))
+
+
+def invoke(*args: str, input: str | None = None):
+    return runner.invoke(app, list(args), input=input, catch_exceptions=False)
+
+
+@pytest.fixture()
+def two_faces(tmp_path: Path) -> Path:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for f in FACES[:2]:
+        shutil.copy(f, folder / f.name)
+    return folder
+
+
+@pytest.mark.parametrize("out_name, words", [
+    ("missing/dir/r.csv", "does not exist"),
+    (".", "is a folder"),
+    ("r.txt", "must end in"),
+])
+def test_bad_out_is_one_line_and_exit_two_before_any_work(clean_env: Path, portrait: Path, tmp_path: Path,
+                                                           out_name: str, words: str) -> None:
+    res = invoke("batch", str(portrait), "--out", str(tmp_path / out_name), "--via", "queue")
+    # --via queue would exit 2 too, but only after probing Redis: the --out message comes first
+    assert res.exit_code == 2 and words in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
+def test_typo_is_an_early_usage_error(clean_env: Path, portrait: Path, tmp_path: Path) -> None:
+    for cmd in (["score"], ["batch", "--out", str(tmp_path / "r.csv")]):
+        res = invoke(*cmd, str(portrait), str(tmp_path / "potrait.jpg"))
+        assert res.exit_code == 2 and "no such file or folder" in res.output and "potrait.jpg" in res.output
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_existing_out_refused_without_resume_or_force(clean_env: Path, two_faces: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.csv"
+    assert invoke("batch", str(two_faces), "--out", str(out), "--via", "local", "--no-store").exit_code == 0
+    before = out.read_bytes()
+    res = invoke("batch", str(two_faces), "--out", str(out), "--via", "local")
+    assert res.exit_code == 2 and "--resume" in res.output and "--force" in res.output
+    assert out.read_bytes() == before
+    res = invoke("batch", str(two_faces / FACES[0].name), "--out", str(out), "--force", "--via", "local", "--no-store")
+    assert res.exit_code == 0
+    assert len(list(csv.DictReader(out.open()))) == 1
+
+
+def test_out_dash_and_paths_from_stdin(clean_env: Path, two_faces: Path) -> None:
+    paths = "\n".join(str(p) for p in sorted(two_faces.iterdir())) + "\n"
+    res = runner.invoke(app, ["batch", "-", "--out", "-", "--jsonl", "--via", "local", "--no-store", "-q"], input=paths)
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [r["path"] for r in rows] == sorted(str(p) for p in two_faces.iterdir())  # input order
+    assert list(rows[0]) == CSV_COLUMNS and isinstance(rows[0]["score"], float)
+    nul = "\0".join(str(p) for p in sorted(two_faces.iterdir()))
+    res = runner.invoke(app, ["batch", "-", "-0", "--out", "-", "--csv", "--via", "local", "--no-store", "-q"], input=nul)
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert len(rows) == 2 and list(rows[0])[: len(COLUMNS)] == COLUMNS
+
+
+@pytest.mark.parametrize("ext", ["tsv", "json"])
+def test_tsv_and_json_files_share_the_schema(clean_env: Path, two_faces: Path, tmp_path: Path, ext: str) -> None:
+    out = tmp_path / f"r.{ext}"
+    assert invoke("batch", str(two_faces), "--out", str(out), "--via", "local", "--no-store").exit_code == 0
+    if ext == "json":
+        rows = json.loads(out.read_text())
+        assert list(rows[0]) == CSV_COLUMNS
+    else:
+        rows = list(csv.DictReader(out.open(), delimiter="\t"))
+        assert list(rows[0]) == CSV_COLUMNS
+    assert len(rows) == 2 and "trait_well_groomed" in rows[0]
+
+
+def test_score_takes_folders_and_prints_plain_lines_in_a_pipe(clean_env: Path, two_faces: Path) -> None:
+    long = two_faces / ("a-rather-long-file-name-that-a-folded-table-would-break-" * 2 + ".jpg")
+    shutil.copy(FACES[2], long)
+    res = invoke("score", str(two_faces), "--via", "local", "--no-store")
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert lines[0].split("\t")[:3] == ["file", "face", "score"]
+    assert len(lines) == 4 and str(long) in res.stdout  # one line per face, nothing folded
+
+
+def test_score_csv_is_the_batch_schema(clean_env: Path, portrait: Path) -> None:
+    res = invoke("score", str(portrait), "--csv", "--via", "local", "--no-store")
+    assert res.exit_code == 0
+    [row] = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert list(row) == CSV_COLUMNS and row["path"] == str(portrait)
+
+
+def test_via_auto_is_silent_when_no_queue(clean_env: Path, portrait: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1")  # nothing listens there
+    res = invoke("score", str(portrait), "--json", "--no-store")
+    assert res.exit_code == 0 and "redis" not in res.stderr.lower() and "via" not in res.stderr
+    res = invoke("score", str(portrait), "--json", "--no-store", "-v")
+    assert "via auto: scoring locally" in res.stderr
+
+
+def test_submit_refuses_a_redis_without_workers(clean_env: Path, portrait: Path, redis_server,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
+    monkeypatch.setenv("FACESCORE_QUEUE", "unrelated-test-queue")
+    res = invoke("submit", str(portrait))
+    assert res.exit_code == 2 and "no live worker" in res.output and "--via queue" in res.output
+    import redis
+
+    assert not redis.Redis.from_url(redis_server.url).keys("bull:unrelated-test-queue:*")
+
+
+def test_help_has_metavars_short_h_and_choices(clean_env: Path) -> None:
+    for cmd in (["batch"], ["score"], ["worker"], ["serve", "detection"], ["forget"]):
+        res = runner.invoke(app, [*cmd, "-h"], env={"COLUMNS": "200"})
+        assert res.exit_code == 0, (cmd, res.output)
+        assert "<bool>" not in res.output and "list[" not in res.output and "{" not in res.output.split("\n")[1]
+    res = runner.invoke(app, ["batch", "-h"], env={"COLUMNS": "200"})
+    assert "INPUT..." in res.output and "FILE|-" in res.output
+    res = invoke("score", "x.jpg", "--via", "bogus")
+    assert res.exit_code == 2 and "bogus" in res.output
+    res = invoke("serve", "detection", "--log-level", "loud")
+    assert res.exit_code == 2
+
+
+def test_quiet_and_verbose_on_any_command(clean_env: Path, two_faces: Path, tmp_path: Path) -> None:
+    res = invoke("batch", str(two_faces), "--out", str(tmp_path / "r.csv"), "--via", "local", "--no-store", "-q")
+    assert res.exit_code == 0 and res.stderr == ""
+    res = invoke("batch", str(two_faces), "--out", str(tmp_path / "s.csv"), "--via", "local", "--no-store")
+    assert "scored 1/2" in res.stderr and "median" in res.stderr and "vibes" in res.stderr  # plain progress
+
+
+def test_forget_all_needs_yes_without_a_terminal(clean_env: Path) -> None:
+    res = invoke("forget", "--all", input="")
+    assert res.exit_code == 2 and "--yes" in res.output
+    res = invoke("forget", "--all", "--yes", "--json")
+    assert res.exit_code == 0 and json.loads(res.stdout)["all"] is True
+
+
+def test_version_and_help_start_fast_without_heavy_imports() -> None:
+    code = ("import sys, facescore_cli.cli; heavy = {'numpy', 'PIL', 'rich.progress', 'fastapi', 'redis', 'bullmq', "
+            "'qdrant_client', 'onnxruntime', 'dlib'} & set(sys.modules); print(sorted(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    res = subprocess.run([sys.executable, "-m", "facescore_cli", "--version"], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.strip()[0].isdigit()
