@@ -12,7 +12,7 @@ $(BIN)/python:
 # Install, then score the bundled examples/ into results.csv (local models, no services needed).
 demo: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
-	$(BIN)/facescore batch examples --out results.csv
+	$(BIN)/facescore batch examples --out results.csv --force
 	$(BIN)/facescore score examples/group.jpg
 
 # Install with the test extra and run every test; the tests start their own redis-server and

@@ -186,7 +186,7 @@ def test_similar_finds_the_image_itself_first_and_forget_removes_it(clean_env: P
     assert run("forget", str(target), "--json").stdout.count('"removed": 0') == 1  # already gone
     assert run("forget", "missing.jpg").exit_code == 1
     assert run("forget").exit_code == 2
-    res = run("forget", "--all", "--json")
+    res = run("forget", "--all", "--yes", "--json")
     assert res.exit_code == 0 and json.loads(res.stdout) == {"all": True, "removed": len(FACES) - 1}
     assert stored() == 0
 

@@ -123,6 +123,12 @@ def evaluate(
     if len(ds.y) < 3:
         fail(f"only {len(ds.y)} usable faces: need at least 3")
     res = T.evaluate(arrays, ds)
+    seen = training_overlap(arrays, images_dir, ds.ids)
+    if seen:
+        res["training_overlap"] = seen
+        warn(f"{seen} of the {len(ds.ids)} faces are the bundled head's own training images (OMI): r on them "
+             f"is optimistic. The honest figure is its cross-validated r (about 0.85, MODEL_CARD.md), or "
+             f"evaluate on faces it never saw")
     if as_json:
         typer.echo(json.dumps(res, indent=2))
         return
@@ -138,6 +144,23 @@ def evaluate(
             table.add_row(g["tercile"], rng, str(g["n"]), fmt(g["mean_signed_error"], "+.2f"), fmt(g["mae"], ".2f"),
                           fmt(g["r"], ".3f"))
         out.print(table)
+
+
+def training_overlap(arrays: dict, images_dir: Path, ids: list[str]) -> int:
+    """How many of these images the bundled OMI head was trained on (by SHA-256; 0 for other heads)."""
+    import hashlib
+
+    from .. import training as T
+    from ._omi_training import SHA256_PREFIXES
+
+    if not str(arrays.get("version", "")).startswith("omi-"):
+        return 0
+    seen = 0
+    for ident in ids:
+        path = T.image_path(images_dir, ident)
+        if path is not None and hashlib.sha256(path.read_bytes()).hexdigest()[:16] in SHA256_PREFIXES:
+            seen += 1
+    return seen
 
 
 def register(app: typer.Typer) -> None:
