@@ -353,7 +353,7 @@ class _Progress:
             self._bar = Progress(
                 TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                console=err, transient=False)
+                console=err.real(), transient=False)
 
     def __enter__(self) -> "_Progress":
         if self._bar is not None:

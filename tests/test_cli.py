@@ -166,10 +166,12 @@ def test_usage_errors_exit_two(clean_env: Path, portrait: Path, tmp_path: Path,
     assert res.exit_code == 2 and "USE_REAL_ML" in res.output
 
 
-def test_simulated_is_labelled_and_deterministic(clean_env: Path, portrait: Path,
+def test_simulated_is_labelled_and_deterministic(clean_env: Path, portrait: Path, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("USE_REAL_ML", "false")
-    a, b = score_json(portrait, portrait)
+    copy = tmp_path / "copy.jpg"  # the same path twice is one input
+    shutil.copy(portrait, copy)
+    a, b = score_json(portrait, copy)
     assert a["source"] == b["source"] == "simulated" and a["model"] == "simulated-v1"
     assert a["score"] == b["score"]
 

@@ -28,7 +28,7 @@ def folder(tmp_path: Path, portrait: Path, group_photo: Path) -> Path:
 
 def test_via_auto_says_which_and_picks_local_then_queue(redis_server, portrait, tmp_path):
     env = base_env(redis_server.url, tmp_path / "home")
-    res = run_cli(["score", str(portrait), "--via", "auto", "--json", "--no-store"], env)
+    res = run_cli(["score", str(portrait), "--via", "auto", "--json", "--no-store", "-v"], env)  # said with -v only
     assert res.returncode == 0, res.stderr
     assert "via auto: scoring locally (no live worker" in res.stderr
     assert res.stderr.count("via auto") == 1
@@ -36,7 +36,7 @@ def test_via_auto_says_which_and_picks_local_then_queue(redis_server, portrait, 
 
     down = base_env(f"redis://127.0.0.1:{free_port()}", tmp_path / "home")
     start = time.monotonic()
-    res = run_cli(["score", str(portrait), "--via", "auto", "--json", "--no-store"], down)
+    res = run_cli(["score", str(portrait), "--via", "auto", "--json", "--no-store", "-v"], down)
     assert res.returncode == 0 and "scoring locally" in res.stderr and "does not answer" in res.stderr
     assert time.monotonic() - start < 15
 
@@ -72,7 +72,7 @@ def test_submit_then_results_later_with_dedup_and_bad_inputs(redis_server, folde
     big = folder / "huge.png"
     big.write_bytes(b"\x89PNG" + b"\0" * cap)
     # No worker yet: submit returns at once with the id; results --wait says so within seconds.
-    res = run_cli(["submit", str(folder), "--json"], env)
+    res = run_cli(["submit", str(folder), "--json", "--via", "queue"], env)  # queue with no worker yet
     assert res.returncode == 1, res.stderr  # one input could not be queued
     sub = json.loads(res.stdout)
     assert sub["inputs"] == 5 and sub["jobs"] == 3  # portrait twice -> one job; huge.png not queued

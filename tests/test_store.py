@@ -215,4 +215,4 @@ def test_an_unreachable_qdrant_server_does_not_stop_scoring(clean_env: Path, tmp
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == len(FACES) and all(r["score"] and not r["store_rank"] for r in rows)
     assert res.stderr.count("warning:") == 1 and url in "".join(res.stderr.split())
-    assert run("forget", "--all").exit_code == 1
+    assert run("forget", "--all", "--yes").exit_code == 1

@@ -124,7 +124,7 @@ def results(
     start = time.perf_counter()
     progress = Progress(
         TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err, transient=False,
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err.real(), transient=False,
         disable=not wait or console.VERBOSITY < 0,
     )
     writer = output.RowWriter(out_path) if out_path is not None else None
