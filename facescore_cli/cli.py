@@ -58,7 +58,24 @@ class FaceScoreGroup(TyperGroup):
             else:
                 kept.append(a)
         console.set_verbosity(level)
-        return super().main(kept, *rest, **kwargs)
+        standalone = kwargs.pop("standalone_mode", True)
+        if not standalone:
+            return super().main(kept, *rest, standalone_mode=False, **kwargs)
+        try:
+            rv = super().main(kept, *rest, standalone_mode=False, **kwargs)
+        except typer.TyperException as exc:  # typer's click exceptions: usage mistakes
+            # One line, not a panel: what was wrong and where to look (exit 2 for usage mistakes).
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                exc.show()
+            else:
+                where = f"{exc.ctx.command_path}: " if getattr(exc, "ctx", None) is not None else ""
+                hint = f" (try '{exc.ctx.command_path} -h')" if getattr(exc, "ctx", None) is not None else ""
+                sys.stderr.write(f"{where}{exc.format_message()}{hint}\n")
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            sys.stderr.write("aborted\n")
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
 
 def _quiet_help_option(cmd: Any) -> None:
@@ -157,7 +174,7 @@ def read_inputs(inputs: list[str], null: bool) -> list[str]:
     return given
 
 
-def _collect(given: list[str]) -> list[Item]:
+def collect_inputs(given: list[str]) -> list[Item]:
     from . import pipeline
 
     found = pipeline.collect(given)
@@ -261,7 +278,7 @@ def score(
     settings = settings_or_exit()
     given = read_inputs(inputs, null)
     mode = _resolve_via(settings, via)
-    items = _collect(given)
+    items = collect_inputs(given)
     if store and mode == "local":  # jobs=1: scores in this process, nothing forks
         from .store import preload_client
 
@@ -418,15 +435,16 @@ def _out_kind(out: str, fmt: str | None) -> str:
 def batch(
     inputs: list[str] = typer.Argument(..., help="Files and folders (folders recursively); - reads paths from stdin.",
                                        show_default=False, metavar="INPUT..."),
-    out: str = typer.Option(..., "--out", "-o", metavar="FILE|-",
-                            help="results.csv, .tsv, .json or .jsonl (format from the extension), or - for stdout."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", metavar="FILE|-", show_default=False,
+                                      help="results.csv, .tsv, .json or .jsonl (format from the extension), or - for "
+                                           "stdout (the default when --csv, --tsv, --json or --jsonl is given)."),
     resume: bool = typer.Option(False, "--resume", help="Add to an existing --out: skip images already in it, "
                                 "score again those whose row was an error."),
     force: bool = typer.Option(False, "--force", "-f", help="Replace an existing --out."),
-    as_csv: bool = typer.Option(False, "--csv", help="With --out -: CSV (the default)."),
-    as_tsv: bool = typer.Option(False, "--tsv", help="With --out -: TSV."),
-    as_json: bool = typer.Option(False, "--json", help="With --out -: one JSON list of rows, at the end."),
-    as_jsonl: bool = typer.Option(False, "--jsonl", help="With --out -: JSON lines, as they are scored."),
+    as_csv: bool = typer.Option(False, "--csv", help="Rows as CSV on stdout (the default for --out -)."),
+    as_tsv: bool = typer.Option(False, "--tsv", help="Rows as TSV on stdout."),
+    as_json: bool = typer.Option(False, "--json", help="Rows as one JSON list on stdout, at the end."),
+    as_jsonl: bool = typer.Option(False, "--jsonl", help="Rows as JSON lines on stdout, as they are scored."),
     jobs: int = typer.Option(0, "--jobs", "-j", min=0, metavar="N", help="Processes to score in (0 = one per core)."),
     ordered: bool = typer.Option(True, "--ordered/--unordered",
                                  help="Rows in input order (store_rank then does not depend on which process "
@@ -447,9 +465,13 @@ def batch(
 
       facescore batch photos/ --out results.jsonl --resume
 
-      find photos -newer last-run -print0 | facescore batch - -0 --out - --jsonl | jq .score
+      find photos -newer last-run -print0 | facescore batch - -0 --jsonl | jq .score
     """
     fmt = _format(as_json, as_jsonl, as_csv, as_tsv)
+    if out is None:
+        if fmt is None:
+            fail("where to? --out results.csv (or .tsv, .json, .jsonl), or --csv, --json or --jsonl for stdout")
+        out = "-"
     kind = _out_kind(out, fmt)
     to_stdout = out == "-"
     if to_stdout and resume:
@@ -464,7 +486,7 @@ def batch(
     settings = settings_or_exit()
     given = read_inputs(inputs, null)
     mode = _resolve_via(settings, via)
-    items = _collect(given)
+    items = collect_inputs(given)
 
     keep: list[dict[str, str]] = []
     resumed = 0

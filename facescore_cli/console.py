@@ -124,3 +124,39 @@ def via_choice(settings: Settings, via: str | None) -> str:
 def program() -> str:
     """How to call us again: `python -m facescore_cli` when run that way, else `facescore`."""
     return "python -m facescore_cli" if sys.argv and sys.argv[0].endswith("__main__.py") else "facescore"
+
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def duration(text: str) -> float:
+    """Seconds from `30s`, `500ms`, `2m`, `12h`, `7d` or a bare number of seconds: one way to
+    write a time on every command."""
+    raw = str(text).strip().lower()
+    for unit in ("ms", "s", "m", "h", "d"):
+        if raw.endswith(unit):
+            number, scale = raw[: -len(unit)], _UNITS[unit]
+            break
+    else:
+        number, scale = raw, 1.0
+    try:
+        value = float(number) * scale
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a duration (like 30s, 500ms, 2m, 12h, 7d)") from None
+    if value < 0:
+        raise typer.BadParameter(f"{text!r} is negative")
+    return value
+
+
+def duration_from_ms_era(text: str) -> float:
+    """`duration` for options that took milliseconds before: a bare number over 600 is refused
+    (it was meant in ms), so that 30000 does not silently become eight hours."""
+    raw = str(text).strip()
+    try:
+        bare = float(raw)
+    except ValueError:
+        return duration(raw)
+    if bare > 600:
+        raise typer.BadParameter(f"{raw} has no unit; this option now takes a duration like 30s "
+                                 f"({raw} ms is {bare / 1000:g}s)")
+    return bare

@@ -56,8 +56,8 @@ class WorkerProc:
         self.log = log
         self.fh = log.open("w")
         self.proc = subprocess.Popen(
-            CLI + ["worker", "--concurrency", str(concurrency), "--lock-duration", str(lock_ms),
-                   "--stalled-interval", str(stalled_ms), "--grace", str(grace)],
+            CLI + ["worker", "--concurrency", str(concurrency), "--lock-duration", f"{lock_ms}ms",
+                   "--stalled-interval", f"{stalled_ms}ms", "--grace", str(grace)],
             env=env, stdout=self.fh, stderr=subprocess.STDOUT, start_new_session=True,
         )
 

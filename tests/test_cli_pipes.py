@@ -162,3 +162,29 @@ def test_version_and_help_start_fast_without_heavy_imports() -> None:
     assert out.strip() == "[]"
     res = subprocess.run([sys.executable, "-m", "facescore_cli", "--version"], capture_output=True, text=True)
     assert res.returncode == 0 and res.stdout.strip()[0].isdigit()
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["batch"], "Missing argument"),
+    (["bogus"], "No such command"),
+    (["score", "x.jpg", "--via", "nope"], "'nope'"),
+    (["worker", "--lock-duration", "30000"], "30000 ms is 30s"),
+    (["worker", "--grace", "soon"], "not a duration"),
+    (["batch", "examples"], "--out results.csv"),
+])
+def test_usage_mistakes_are_one_line_exit_two(clean_env: Path, argv: list[str], words: str) -> None:
+    res = subprocess.run([sys.executable, "-m", "facescore_cli", *argv], capture_output=True, text=True,
+                         cwd=Path(__file__).parents[1])
+    assert res.returncode == 2 and words in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+
+
+def test_durations_take_units_everywhere() -> None:
+    from facescore_cli.console import duration
+
+    assert [duration(v) for v in ("30s", "500ms", "2m", "12h", "7d", "45")] == [30, 0.5, 120, 43200, 604800, 45]
+
+
+def test_batch_format_flag_alone_writes_stdout(clean_env: Path, portrait: Path) -> None:
+    res = invoke("batch", str(portrait), "--json", "--via", "local", "--no-store", "-q")
+    assert res.exit_code == 0 and json.loads(res.stdout)[0]["path"] == str(portrait)

@@ -11,10 +11,7 @@ import typer
 
 from .. import console
 from .serve import LogLevel
-from ..console import err, fail, note, out, settings_or_exit, via_choice, warn
-
-# queue.KEEP_RESULTS_S, without importing redis to show --help (tests/test_cli_start.py checks)
-KEEP_RESULTS_S = 7 * 24 * 3600
+from ..console import duration, duration_from_ms_era, err, fail, note, out, settings_or_exit, via_choice, warn
 
 
 def submit(
@@ -23,7 +20,8 @@ def submit(
     via: Optional[str] = typer.Option(None, "--via", metavar="auto|queue", show_default=False,
                                       help="auto (default): refuse when no worker is alive on the queue, so photos never "
                                            "land in an unrelated Redis; queue: queue them anyway, for workers started later."),
-    keep: int = typer.Option(KEEP_RESULTS_S, "--keep", metavar="SECONDS", help="Seconds the batch record stays in Redis."),
+    keep: float = typer.Option("7d", "--keep", parser=duration, metavar="DURATION",
+                               help="How long the batch record stays in Redis (30s, 12h, 7d...)."),
     as_json: bool = typer.Option(False, "--json", help='Print {"batch", "jobs", "inputs", "errors"} instead of the id.'),
     store: bool = typer.Option(True, "--store/--no-store",
                                help="Keep the results in the face store when they are collected with `results`."),
@@ -45,7 +43,7 @@ def submit(
     from rich.markup import escape
 
     from .. import queue
-    from ..cli import _collect, read_inputs
+    from ..cli import collect_inputs, read_inputs
     from ..errors import ServiceUnavailable
 
     settings = settings_or_exit()
@@ -53,14 +51,14 @@ def submit(
     if choice == "local":
         fail("submit puts images on the queue; --via local makes no sense here (use score or batch)")
     given = read_inputs(inputs, null)
-    items = _collect(given)
+    items = collect_inputs(given)
     where = f"queue {settings.queue!r} at {queue._safe_url(settings.redis_url)}"
     try:
         workers = queue.live_workers(settings)
         if not workers and choice != "queue":
             fail(f"no live worker on {where}: nothing queued. Start `facescore worker` there, or pass "
                  f"--via queue to queue for workers started later")
-        batch = queue.run(queue.submit(((i.path, i.display) for i in items), settings, keep_s=keep,
+        batch = queue.run(queue.submit(((i.path, i.display) for i in items), settings, keep_s=int(keep),
                                        workers=workers, store=store))
     except ServiceUnavailable as exc:
         fail(str(exc))
@@ -169,12 +167,13 @@ def results(
 def worker(
     concurrency: int = typer.Option(0, "--jobs", "-j", "--concurrency", "-c", min=0, metavar="N",
                                     help="Jobs at once, one process each (0 = one per core)."),
-    lock_duration: int = typer.Option(30_000, "--lock-duration", min=1000, metavar="MS", help="Job lock, ms; renewed at half."),
-    stalled_interval: int = typer.Option(30_000, "--stalled-interval", min=500, metavar="MS",
-                                         help="How often jobs of dead workers are looked for, ms."),
-    keep_results: int = typer.Option(KEEP_RESULTS_S, "--keep", "--keep-results", metavar="SECONDS",
-                                     help="Seconds completed results stay in Redis."),
-    grace: float = typer.Option(30.0, "--grace", metavar="SECONDS", help="Seconds to finish in-flight jobs after SIGINT/SIGTERM."),
+    lock_duration: float = typer.Option("30s", "--lock-duration", parser=duration_from_ms_era, metavar="DURATION",
+                                        help="Job lock (at least 1s); renewed at half."),
+    stalled_interval: float = typer.Option("30s", "--stalled-interval", parser=duration_from_ms_era, metavar="DURATION",
+                                           help="How often jobs of dead workers are looked for (at least 500ms)."),
+    keep_results: float = typer.Option("7d", "--keep", "--keep-results", parser=duration, metavar="DURATION",
+                                       help="How long completed results stay in Redis."),
+    grace: float = typer.Option("30s", "--grace", parser=duration, metavar="DURATION", help="Time to finish in-flight jobs after SIGINT/SIGTERM."),
 ) -> None:
     """Take `score` jobs from the Redis queue (FACESCORE_QUEUE at REDIS_URL), score them, return results.
 
@@ -192,13 +191,16 @@ def worker(
     from ..errors import ServiceUnavailable
     from ..worker import FaceWorker, serve
 
+    if lock_duration < 1 or stalled_interval < 0.5:
+        fail("--lock-duration must be at least 1s and --stalled-interval at least 500ms")
     settings = settings_or_exit()
     try:
         queue.ping(settings)
     except ServiceUnavailable as exc:
         fail(str(exc))
     serve(FaceWorker(settings, concurrency=concurrency if concurrency > 0 else pipeline.default_jobs(),
-                     lock_ms=lock_duration, stalled_ms=stalled_interval, keep_results_s=keep_results, grace_s=grace,
+                     lock_ms=int(lock_duration * 1000), stalled_ms=int(stalled_interval * 1000),
+                     keep_results_s=int(keep_results), grace_s=grace,
                      log=sys.stdout))
 
 
@@ -207,7 +209,8 @@ def api(
     port: int = typer.Option(3000, "--port", help="Port to listen on."),
     via: Optional[str] = typer.Option(None, "--via", help="auto | local | queue (env FACESCORE_VIA): who scores.",
                                       show_default=False, metavar="auto|local|queue"),
-    timeout: float = typer.Option(30.0, "--timeout", metavar="SECONDS", help="Seconds a request waits for a worker's result."),
+    timeout: float = typer.Option("30s", "--timeout", parser=duration, metavar="DURATION",
+                                  help="How long a request waits for a worker's result."),
     log_level: LogLevel = typer.Option(LogLevel.info, "--log-level", help="uvicorn's log level."),
 ) -> None:
     """The original REST endpoint: POST /api/score with {"image": "<base64>"}.
