@@ -58,6 +58,10 @@ class FaceScoreGroup(TyperGroup):
             else:
                 kept.append(a)
         console.set_verbosity(level)
+        for p in self.params:  # typer adds --install-completion and --show-completion after __init__
+            if getattr(p, "is_flag", False):
+                p.metavar = ""
+                _plain_flag(p)
         standalone = kwargs.pop("standalone_mode", True)
         if not standalone:
             return super().main(kept, *rest, standalone_mode=False, **kwargs)
@@ -78,6 +82,20 @@ class FaceScoreGroup(TyperGroup):
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
+def _plain_flag(param: Any) -> None:
+    """A flag's value is already a bool (or a count): typer 0.29 would still build a pydantic
+    adapter for it, and importing pydantic costs ~0.1 s of every `--help`. Flags skip that; any
+    other typer keeps its own way (this only touches what exists)."""
+    try:
+        from typer._coercion import PassThroughRuntimeParam
+    except ImportError:  # pragma: no cover - another typer
+        return
+    if hasattr(param, "_runtime_param") and hasattr(param, "type_descriptor"):
+        annotation = int if getattr(param, "count", False) else bool
+        param._runtime_param = PassThroughRuntimeParam(annotation=annotation,
+                                                        parameter_info=param.type_descriptor.parameter_info)
+
+
 def _quiet_help_option(cmd: Any) -> None:
     made = cmd.get_help_option
 
@@ -85,6 +103,7 @@ def _quiet_help_option(cmd: Any) -> None:
         opt = made(ctx)
         if opt is not None:
             opt.metavar = ""
+            _plain_flag(opt)
         return opt
 
     cmd.get_help_option = get_help_option
@@ -93,6 +112,10 @@ def _quiet_help_option(cmd: Any) -> None:
 def _tidy_help(group: Any) -> None:
     """Flags show no `<bool>`; options and arguments without a metavar show their name."""
     _quiet_help_option(group)
+    for p in group.params:
+        if getattr(p, "is_flag", False) or getattr(p, "count", False):
+            p.metavar = ""
+            _plain_flag(p)
     for cmd in group.commands.values():
         if hasattr(cmd, "commands"):
             _tidy_help(cmd)
@@ -106,6 +129,7 @@ def _tidy_help(group: Any) -> None:
                 continue
             if getattr(p, "is_flag", False) or getattr(p, "count", False):
                 p.metavar = ""
+                _plain_flag(p)
             elif p.param_type_name == "argument":
                 p.metavar = p.name.upper() + ("..." if p.nargs != 1 else "")
             else:
