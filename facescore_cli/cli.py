@@ -209,10 +209,12 @@ def collect_inputs(given: list[str]) -> list[Item]:
     return found.items
 
 
-def _results(items: list[Item], settings: Settings, mode: str, jobs: int,
-             store: bool) -> tuple[Iterator[ImageResult], Iterator[ImageResult]]:
-    """(the scorer's results, the same through the face store) as they arrive, from the path
-    `_resolve_via` chose. The first is returned too, so that a stopped run can close it."""
+def _results(items: list[Item], settings: Settings, mode: str, jobs: int, store: bool,
+             ordered: bool = False) -> tuple[Iterator[ImageResult], Iterator[ImageResult]]:
+    """(the scorer's results, the same through the face store), from the path `_resolve_via`
+    chose, as they arrive or, `ordered`, in input order: then the store also sees the faces in
+    input order, so `store_rank` does not depend on which process finished first. The first is
+    returned too, so that a stopped run can close it."""
     from .store import remember_all
 
     if mode == "queue":
@@ -224,7 +226,7 @@ def _results(items: list[Item], settings: Settings, mode: str, jobs: int,
         from . import pipeline
 
         raw = pipeline.score_items(items, settings, jobs)
-    return raw, remember_all(raw, settings, warn, enabled=store)
+    return raw, remember_all(in_input_order(raw, items) if ordered else raw, settings, warn, enabled=store)
 
 
 def in_input_order(results: Iterable[ImageResult], items: list[Item]) -> Iterator[ImageResult]:
@@ -527,8 +529,7 @@ def batch(
     tally = Tally()
     writer = RowWriter(out_path, kind, append=append, keep=keep if kind == "json" else None)
     n_jobs = jobs if jobs > 0 else _default_jobs()
-    raw, results = _results(items, settings, mode, n_jobs, store)
-    stream: Iterator[ImageResult] = in_input_order(results, items) if ordered else results
+    raw, stream = _results(items, settings, mode, n_jobs, store, ordered)
     progress = _Progress(len(items))
     try:
         with stop_signals(), writer, progress:
@@ -540,7 +541,7 @@ def batch(
                 progress.advance()
     except (Stopped, KeyboardInterrupt) as exc:
         signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
-        for gen in (stream, results, raw):  # finish or drop the work in flight, close the store
+        for gen in (stream, raw):  # finish or drop the work in flight, close the store
             close = getattr(gen, "close", None)
             if close:
                 close()

@@ -131,3 +131,23 @@ def test_signal_stops_cleanly_and_resume_completes(clean_env: Path, omi_dir: Pat
                          timeout=300)
     assert res.returncode == 0, res.stderr
     assert per_image(rows_of(out)) == Counter({os.path.realpath(p): 1 for p in folder.iterdir()})
+
+
+def test_store_rank_does_not_depend_on_which_process_finished_first(clean_env: Path, omi_dir: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for stim in ("9", "11", "12", "13", "14", "15"):
+        shutil.copy(omi_dir / "images" / f"{stim}.jpg", folder / f"{stim}.jpg")
+    (folder / "9.jpg").rename(folder / "0-big.jpg")  # first in input order
+    ranks = []
+    for run in ("a", "b"):
+        monkeypatch.setenv("FACESCORE_HOME", str(tmp_path / f"home-{run}"))  # an empty store each time
+        out = tmp_path / f"{run}.csv"
+        res = invoke("batch", str(folder), "--out", str(out), "--via", "local", "--jobs", "2")
+        assert res.exit_code == 0, res.output
+        rows = rows_of(out)
+        assert [r["path"] for r in rows] == sorted(str(p) for p in folder.iterdir())  # input order
+        ranks.append([(r["path"], r["store_rank"]) for r in rows])
+    assert ranks[0] == ranks[1]
+    assert ranks[0][0][1] == ""  # the first face stored has no other face to rank against
