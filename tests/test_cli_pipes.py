@@ -188,3 +188,17 @@ def test_durations_take_units_everywhere() -> None:
 def test_batch_format_flag_alone_writes_stdout(clean_env: Path, portrait: Path) -> None:
     res = invoke("batch", str(portrait), "--json", "--via", "local", "--no-store", "-q")
     assert res.exit_code == 0 and json.loads(res.stdout)[0]["path"] == str(portrait)
+
+
+def test_readme_next_command_works_as_written(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = Path(__file__).parents[1]
+    readme = (repo / "README.md").read_text()
+    after = readme.split("make test", 1)[1]  # past the quick start's two commands
+    block = after.split("```sh\n", 1)[1].split("```", 1)[0]
+    commands = [line for line in block.splitlines() if line.startswith("facescore ")]
+    assert commands, block
+    monkeypatch.chdir(repo)
+    for line in commands:
+        res = runner.invoke(app, line.split()[1:] + ["--no-store"])
+        assert res.exit_code == 0, (line, res.output)
+        assert "group.jpg" in res.stdout
