@@ -198,7 +198,9 @@ def read_inputs(inputs: list[str], null: bool) -> list[str]:
     return given
 
 
-def collect_inputs(given: list[str]) -> list[Item]:
+def collect_inputs(given: list[str]) -> tuple[list[Item], int]:
+    """(the images to score, how many other files the folders held), each of those said in
+    one line; no image at all is a usage error (exit 2)."""
     from . import pipeline
 
     found = pipeline.collect(given)
@@ -206,7 +208,7 @@ def collect_inputs(given: list[str]) -> list[Item]:
         note(f"skipped (not an image file): {shown}")
     if not found.items:
         fail("no image files in the inputs" + (f" ({len(found.skipped)} other files skipped)" if found.skipped else ""))
-    return found.items
+    return found.items, len(found.skipped)
 
 
 def _results(items: list[Item], settings: Settings, mode: str, jobs: int, store: bool,
@@ -304,7 +306,7 @@ def score(
     settings = settings_or_exit()
     given = read_inputs(inputs, null)
     mode = _resolve_via(settings, via)
-    items = collect_inputs(given)
+    items, _ = collect_inputs(given)
     if store and mode == "local":  # jobs=1: scores in this process, nothing forks
         from .store import preload_client
 
@@ -512,7 +514,7 @@ def batch(
     settings = settings_or_exit()
     given = read_inputs(inputs, null)
     mode = _resolve_via(settings, via)
-    items = collect_inputs(given)
+    items, skipped = collect_inputs(given)
 
     keep: list[dict[str, str]] = []
     resumed = 0
@@ -554,7 +556,7 @@ def batch(
             err.print(f"to finish, run{stdin}: {again}", highlight=False, soft_wrap=True)
         raise typer.Exit(128 + signum) from None
     if console.VERBOSITY >= 0:
-        err.print(summary_table(tally, progress.elapsed, resumed=resumed))
+        err.print(summary_table(tally, progress.elapsed, skipped=skipped, resumed=resumed))
         text = score_summary(tally)
         if text:
             err.print(text, highlight=False, soft_wrap=True)

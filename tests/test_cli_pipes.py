@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -202,3 +203,13 @@ def test_readme_next_command_works_as_written(clean_env: Path, monkeypatch: pyte
         res = runner.invoke(app, line.split()[1:] + ["--no-store"])
         assert res.exit_code == 0, (line, res.output)
         assert "group.jpg" in res.stdout
+
+
+def test_shell_completion_completes_commands_and_options() -> None:
+    def complete(words: str, cword: int) -> list[str]:
+        env = dict(os.environ, COMP_WORDS=words, COMP_CWORD=str(cword), _FACESCORE_COMPLETE="complete_bash")
+        res = subprocess.run([sys.executable, "-m", "facescore_cli"], env=env, capture_output=True, text=True)
+        return res.stdout.split()
+
+    assert complete("facescore ba", 1) == ["batch"]
+    assert {"--jobs", "--json", "--jsonl"} <= set(complete("facescore batch --j", 2))

@@ -51,7 +51,7 @@ def submit(
     if choice == "local":
         fail("submit puts images on the queue; --via local makes no sense here (use score or batch)")
     given = read_inputs(inputs, null)
-    items = collect_inputs(given)
+    items, _ = collect_inputs(given)
     where = f"queue {settings.queue!r} at {queue._safe_url(settings.redis_url)}"
     try:
         workers = queue.live_workers(settings)
