@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from . import __version__, output, pipeline
 from .config import Settings
-from .console import err, fail, out, settings_or_exit, via_choice
+from .console import err, fail, out, settings_or_exit, via_choice, warn
 from .result import ImageResult
 
 app = typer.Typer(
@@ -25,6 +25,8 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
+ANNOTATE = typer.Option(None, "--annotate", help="Write a copy of each scored image to this folder, "
+                        "at the same relative path, with its boxes, scores and vibes drawn.", show_default=False)
 VIA_HELP = "auto | local | queue (env FACESCORE_VIA). auto uses the queue when a worker is alive, else local."
 
 
@@ -68,6 +70,24 @@ def _remember(results: Iterator[ImageResult], settings: Settings, store: bool = 
                         enabled=store)
 
 
+def _annotate_ready(to: Optional[Path]) -> None:
+    """--annotate DIR is created, or exit 2 before any work starts."""
+    from . import annotate
+
+    if to is not None:
+        try:
+            annotate.prepare(to)
+        except annotate.AnnotateError as exc:
+            fail(str(exc))
+
+
+def _annotating(results: Iterator[ImageResult], to: Optional[Path]) -> Iterator[ImageResult]:
+    """--annotate DIR: the results pass through annotate.py, which writes each image's copy."""
+    from . import annotate
+
+    return results if to is None else annotate.annotated(results, to, warn)
+
+
 def _exit_code(results: list[ImageResult]) -> int:
     return 1 if any(r.failed for r in results) else 0
 
@@ -90,6 +110,7 @@ def score(
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON instead of a table."),
     via: Optional[str] = typer.Option(None, "--via", help=VIA_HELP, show_default=False),
     store: bool = typer.Option(True, "--store/--no-store", help="Keep real-model results in the face store (Qdrant)."),
+    annotate_to: Optional[Path] = ANNOTATE,
 ) -> None:
     """Score one or more images and print a table: file, face, score, vibe, rank, confidence, source.
 
@@ -98,15 +119,18 @@ def score(
       facescore score examples/faces/omi-46.jpg
 
       facescore score a.jpg b.png --json
+
+      facescore score group.jpg --annotate annotated/
     """
     settings = settings_or_exit()
+    _annotate_ready(annotate_to)
     mode = _resolve_via(settings, via)
     items = [pipeline.Item(p, str(p)) for p in images]
     if store:  # jobs=1: scores in this process, nothing forks
         from .store import preload_client
 
         preload_client()
-    results = list(_remember(_results(items, settings, mode, jobs=1), settings, store))
+    results = list(_annotating(_remember(_results(items, settings, mode, jobs=1), settings, store), annotate_to))
     if as_json:
         typer.echo(json.dumps([r.to_json() for r in results], indent=2))
     else:
@@ -122,6 +146,7 @@ def batch(
     jobs: int = typer.Option(0, "--jobs", "-j", help="Processes to score in (0 = one per core)."),
     via: Optional[str] = typer.Option(None, "--via", help=VIA_HELP, show_default=False),
     store: bool = typer.Option(True, "--store/--no-store", help="Keep real-model results in the face store (Qdrant)."),
+    annotate_to: Optional[Path] = ANNOTATE,
 ) -> None:
     """Score files and folders, writing one row per face to CSV or JSONL as it is produced.
 
@@ -130,12 +155,15 @@ def batch(
       facescore batch examples/ --out results.csv
 
       facescore batch photos/ more/ --out results.jsonl --jobs 2 --resume
+
+      facescore batch photos/ --out results.csv --annotate annotated/
     """
     settings = settings_or_exit()
     try:
         output.format_for(out_path)
     except ValueError as exc:
         fail(str(exc))
+    _annotate_ready(annotate_to)
     mode = _resolve_via(settings, via)
     found = pipeline.collect(inputs)
     for shown in found.skipped:
@@ -159,7 +187,7 @@ def batch(
     try:
         with output.RowWriter(out_path, append=resume) as writer, progress:
             task = progress.add_task("scoring", total=len(items), rate="")
-            for r in _remember(_results(items, settings, mode, jobs), settings, store):
+            for r in _annotating(_remember(_results(items, settings, mode, jobs), settings, store), annotate_to):
                 writer.write(r)
                 results.append(r)
                 if r.failed:
