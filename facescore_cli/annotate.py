@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
+from functools import lru_cache
 from pathlib import Path, PurePath
 
 from PIL import Image, ImageDraw, ImageFont
@@ -58,12 +59,19 @@ def font_size(width: int, height: int) -> int:
     return max(12, round(min(width, height) * 0.032))
 
 
+@lru_cache(maxsize=32)
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """Pillow's bundled FreeType font (Pillow >= 10.1), loaded once per size: loading it costs more
+    than drawing a whole label."""
+    return ImageFont.load_default(size=size)
+
+
 def draw(image: Image.Image, faces: list[FaceResult]) -> Image.Image:
     """Draw each face's box and a label `score vibe` (with `#i` when there are several) on a copy."""
     canvas = image.convert("RGB") if image.mode != "RGB" else image.copy()
     w, h = canvas.size
     size = font_size(w, h)
-    font = ImageFont.load_default(size=size)
+    font = _font(size)
     line = max(2, round(size / 7))
     pen = ImageDraw.Draw(canvas)
     for i, f in enumerate(faces):
