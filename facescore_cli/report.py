@@ -201,10 +201,12 @@ def _data_uri(img: Image.Image, quality: int) -> str:
 
 
 def _open(file: Path, sha256: str, draft: int | None) -> tuple[str, images.DecodedImage | None]:
+    if not file.is_file():  # gone, or a folder, a FIFO, /dev/zero: a results file is user data
+        return MISSING, None
     try:
         data = images.read_file(file)
-    except ImageError as exc:
-        return (MISSING if "not found" in str(exc) or "directory" in str(exc) else UNREADABLE), None
+    except ImageError:
+        return UNREADABLE, None
     if sha256 and images.sha256(data) != sha256:
         return CHANGED, None
     try:
@@ -395,8 +397,8 @@ def _faces_section(title: str, faces: list[Row], base: Path, key: str) -> str:
     cards = []
     decoded: dict[str, tuple[str, images.DecodedImage | None]] = {}
     for r in faces:
-        if r.path not in decoded:  # the crops need more pixels than the thumbnails
-            decoded[r.path] = _open(_locate(base, r.path), r.sha256, 2 * CROP_HEIGHT)
+        if r.path not in decoded:  # a small face in a big photo needs the pixels the detector saw
+            decoded[r.path] = _open(_locate(base, r.path), r.sha256, images.DRAFT_MIN_SIDE)
         state, img = decoded[r.path]
         pic = f"<div class=gone>{_e(state)}</div>"
         if img is not None and r.box is not None:

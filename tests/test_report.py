@@ -202,6 +202,10 @@ def test_cli_refuses_to_overwrite_reads_errors_and_writes_stdout(clean_env: Path
     Path("notes.txt").write_text("hello,world\n1,2\n")
     res = runner.invoke(app, ["report", "notes.txt", "--out", "x.html"])
     assert res.exit_code == 2 and "no `path` column" in res.output
+    res = runner.invoke(app, ["report", "r.csv", "--out", "x.html", "--base", "nowhere"])
+    assert res.exit_code == 2 and "not a folder" in res.output
+    Path("odd.csv").write_text("path,face,score\n/dev/zero,0,50\n.,0,40\n")  # never read as images
+    assert report.build(report.load(Path("odd.csv"))[0]).missing == 2
     res = runner.invoke(app, ["report", "r.csv", "--out", "-"])
     assert res.exit_code == 0 and res.stdout.startswith("<!doctype html>") and "nowhere.jpg" in res.stdout
     assert "missing" in res.stdout
