@@ -33,7 +33,7 @@ class AnnotateError(FaceScoreError):
 def target_for(out_dir: Path, shown: str) -> Path:
     """Where the copy of the image shown as `shown` (a result's path) goes: under out_dir at the
     same relative path. A leading / is dropped and each `..` becomes `__`, so nothing lands outside
-    out_dir and copies of different inputs do not collide."""
+    out_dir and inputs given from different folders keep apart."""
     parts = [("__" if p == ".." else p) for p in PurePath(shown).parts
              if p not in (PurePath(shown).anchor, ".", "")]
     if not parts:
