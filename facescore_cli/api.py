@@ -21,7 +21,7 @@ import redis
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from . import __version__, images, pipeline, queue
+from . import __version__, images, pipeline, queue, web
 from .config import Settings
 from .errors import ServiceUnavailable
 from .result import NO_FACE, ImageResult
@@ -187,6 +187,7 @@ def create_app(settings: Settings | None = None, via: str | None = None, timeout
 
     app = FastAPI(title="facescore API", version=__version__, lifespan=lifespan,
                   description="The original system's endpoint: POST /api/score with {\"image\": \"<base64>\"}.")
+    web.mount(app)  # GET /: the page that scores dropped photos through POST /api/score
 
     async def read_image(request: Request) -> tuple[str, bytes]:
         declared = request.headers.get("content-length")

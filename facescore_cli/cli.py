@@ -161,6 +161,9 @@ NUL_HELP = "With INPUT -: the paths on stdin are separated by NUL (find -print0)
 VIA = typer.Option(None, "--via", help=VIA_HELP, show_default=False, metavar="auto|local|queue")
 STORE = typer.Option(True, "--store/--no-store", help=STORE_HELP)
 NUL = typer.Option(False, "-0", "--null", help=NUL_HELP)
+ANNOTATE = typer.Option(None, "--annotate", metavar="DIR", show_default=False,
+                        help="Write a copy of each scored image to this folder, at the same relative path, "
+                             "with its boxes, scores and vibes drawn.")
 
 
 def _resolve_via(settings: Settings, via: Optional[Via]) -> str:
@@ -252,6 +255,26 @@ def in_input_order(results: Iterable[ImageResult], items: list[Item]) -> Iterato
         yield held[i]
 
 
+def _annotate_ready(to: Optional[Path]) -> None:
+    """--annotate DIR is created, or exit 2 before any work starts."""
+    if to is not None:
+        from . import annotate
+
+        try:
+            annotate.prepare(to)
+        except annotate.AnnotateError as exc:
+            fail(str(exc))
+
+
+def _annotating(results: Iterator[ImageResult], to: Optional[Path]) -> Iterator[ImageResult]:
+    """--annotate DIR: the results pass through annotate.py, which writes each image's copy."""
+    if to is None:
+        return results
+    from . import annotate
+
+    return annotate.annotated(results, to, warn)
+
+
 def _exit_code(failed: bool) -> int:
     return 1 if failed else 0
 
@@ -288,6 +311,7 @@ def score(
     via: Optional[Via] = VIA,
     store: bool = STORE,
     null: bool = NUL,
+    annotate_to: Optional[Path] = ANNOTATE,
 ) -> None:
     """Score images and print a table: file, face, score, vibe, rank, confidence, source.
 
@@ -301,9 +325,12 @@ def score(
       facescore score examples/ --csv > results.csv
 
       find photos -name '*.jpg' -print0 | facescore score - -0 --jsonl
+
+      facescore score examples/group.jpg --annotate annotated/
     """
     fmt = _format(as_json, as_jsonl, as_csv, as_tsv)
     settings = settings_or_exit()
+    _annotate_ready(annotate_to)
     given = read_inputs(inputs, null)
     mode = _resolve_via(settings, via)
     items, _ = collect_inputs(given)
@@ -312,7 +339,7 @@ def score(
 
         preload_client()
     raw, results = _results(items, settings, mode, jobs=1, store=store)
-    collected = list(results)
+    collected = list(_annotating(results, annotate_to))
     if fmt == "json":
         import json
 
@@ -480,6 +507,7 @@ def batch(
     via: Optional[Via] = VIA,
     store: bool = STORE,
     null: bool = NUL,
+    annotate_to: Optional[Path] = ANNOTATE,
 ) -> None:
     """Score files and folders, writing one row per face as it is produced.
 
@@ -494,6 +522,8 @@ def batch(
       facescore batch photos/ --out results.jsonl --resume
 
       find photos -newer last-run -print0 | facescore batch - -0 --jsonl | jq .score
+
+      facescore batch photos/ --out results.csv --annotate annotated/
     """
     fmt = _format(as_json, as_jsonl, as_csv, as_tsv)
     if out is None:
@@ -512,6 +542,7 @@ def batch(
         if problem:
             fail(problem)
     settings = settings_or_exit()
+    _annotate_ready(annotate_to)
     given = read_inputs(inputs, null)
     mode = _resolve_via(settings, via)
     items, skipped = collect_inputs(given)
@@ -532,6 +563,7 @@ def batch(
     writer = RowWriter(out_path, kind, append=append, keep=keep if kind == "json" else None)
     n_jobs = jobs if jobs > 0 else _default_jobs()
     raw, stream = _results(items, settings, mode, n_jobs, store, ordered)
+    stream = _annotating(stream, annotate_to)
     progress = _Progress(len(items))
     try:
         with stop_signals(), writer, progress:
