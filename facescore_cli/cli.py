@@ -102,10 +102,6 @@ def score(
     settings = settings_or_exit()
     mode = _resolve_via(settings, via)
     items = [pipeline.Item(p, str(p)) for p in images]
-    if store:  # jobs=1: scores in this process, nothing forks
-        from .store import preload_client
-
-        preload_client()
     results = list(_remember(_results(items, settings, mode, jobs=1), settings, store))
     if as_json:
         typer.echo(json.dumps([r.to_json() for r in results], indent=2))

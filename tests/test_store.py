@@ -100,12 +100,15 @@ def test_ranks_are_percentiles_that_move_the_right_way(clean_env: Path, embedded
         store.remember(target)
         assert target.faces[0].store_rank == 56.2  # (1 + 3 + 0.5) of 8
         assert store.count("test-head 1") == 9  # re-remembering replaced, never added
+        kept = [store.counts("test-head 1", s) for s in SCORES]  # the histogram kept up by hand
+    population = [50.0, 40.0, 60.0, 70.0, 80.0, 50.0, 10.0, 10.0, 10.0]
     with FaceStore.open(Settings.load()) as store:  # a new run reads the same ranks from disk
         assert store.rank("test-head 1", 50.0) == 56.2
-        # The server's way (filtered counts) and the embedded copy of the scores agree.
-        name = collection_name("test-head 1")
-        for score in (0.0, 10.0, 39.9, 40.0, 50.0, 65.0, 80.0, 99.0):
-            assert store._counts(name, score) == store._counts_in_memory(name, score)
+        loaded = [store.counts("test-head 1", s) for s in SCORES]
+    assert kept == loaded == [(9, sum(x < s for x in population), sum(x == s for x in population)) for s in SCORES]
+
+
+SCORES = (0.0, 10.0, 39.9, 40.0, 50.0, 65.0, 80.0, 99.0)
 
 
 def test_one_writer_per_embedded_store(clean_env: Path, embedded_faces: list) -> None:
@@ -157,7 +160,7 @@ def test_no_store_and_simulated_results_are_not_stored(clean_env: Path, portrait
     monkeypatch.setenv("USE_REAL_ML", "false")
     res = run("score", str(portrait), "--json")
     assert json.loads(res.stdout)[0]["source"] == "simulated"
-    assert not (clean_env / "qdrant").exists()  # nothing even opened the store
+    assert not (clean_env / "store").exists()  # nothing even opened the store
     monkeypatch.delenv("USE_REAL_ML")
     assert stored() == 0
 
