@@ -14,9 +14,10 @@ number of processes.
 Durability of the embedded store (docs/store.md): every write reaches the shard's write-ahead
 log (a memory-mapped file) before `upsert`, `put` or `forget` return, and a face's `store_rank` is
 set only after that. A process that dies, even by SIGKILL, therefore loses nothing it reported
-stored: the next open replays the log. `flush` (segments written and fsynced, the log cut) runs
-every FLUSH_EVERY faces or FLUSH_EVERY_S seconds of writing and at `close`: it bounds what a power
-cut or a kernel crash can lose and keeps the log, which every open replays, short.
+stored: the next open replays the log. `flush` (segments and log fsynced, the log cut) runs every
+FLUSH_EVERY faces or FLUSH_EVERY_S seconds of writing, and the engine flushes each shard as `close`
+closes it: that bounds what a power cut or a kernel crash can lose (the writes since the last
+flush) and keeps the log, which every open replays, short.
 """
 from __future__ import annotations
 
@@ -307,6 +308,8 @@ class EmbeddedStore(FaceStore):
             if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise _locked(str(root)) from None
             raise StoreUnavailable(f"cannot lock the face store in {root}: {_one_line(exc)}") from None
+        for left in root.glob(".deleting-*"):  # from a `forget_all` killed between rename and delete
+            shutil.rmtree(left, ignore_errors=True)
         store = cls(root, lock)
         if legacy is not None:
             try:
@@ -524,14 +527,11 @@ class EmbeddedStore(FaceStore):
         return moved
 
     def close(self) -> None:
-        try:
-            self.flush()
-        except Exception:  # closing must never hide the result of the work; the log has every write
-            log.debug("flushing the store failed", exc_info=True)
+        """Close every shard (the engine flushes a shard as it closes it) and release the lock."""
         for shard in self._shards.values():
             try:
                 shard.close()
-            except Exception:
+            except Exception:  # closing must never hide the result of the work; the log has every write
                 log.debug("closing a shard failed", exc_info=True)
         self._shards.clear()
         self._lock.close()  # releases the flock

@@ -313,6 +313,17 @@ def test_rescoring_is_idempotent_and_batch_stores_in_the_parent(clean_env: Path,
         assert float(row["store_rank"]) == percentile(below, ties, len(others))
 
 
+def test_score_stores_without_importing_qdrant_client(clean_env: Path, portrait: Path) -> None:
+    """qdrant-client (~1 s of imports) is for QDRANT_URL and the one-off carry-over only."""
+    code = ("import sys; from typer.testing import CliRunner; from facescore_cli.cli import app; "
+            f"r = CliRunner().invoke(app, ['score', {str(portrait)!r}, '--json']); "
+            "print(r.exit_code, 'qdrant_client' in sys.modules, 'qdrant_edge' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert proc.stdout.split() == ["0", "False", "True"], proc.stdout + proc.stderr
+    assert stored() == 1
+
+
 def test_no_store_and_simulated_results_are_not_stored(clean_env: Path, portrait: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     assert run("score", str(portrait), "--no-store").exit_code == 0
