@@ -49,7 +49,7 @@ LEGACY_DIR = "qdrant"  # where facescore kept qdrant-client's local mode before 
 MIGRATED_SUFFIX = ".migrated"
 LOCK_FILE = ".lock"
 SHARD_CONFIG = "edge_config.json"  # the engine writes it when it creates a shard
-# ~130 ms per flush at 100k faces: every 1000 faces that is 0.13 ms a face.
+# A flush is fsyncs, 0.1-0.3 s here whatever the size: every 1000 faces, 0.1-0.3 ms a face.
 FLUSH_EVERY = 1000
 FLUSH_EVERY_S = 10.0
 # The payload fields with an index: `score` for range filters, `sha256` for forget, and
