@@ -334,10 +334,6 @@ def score(
     given = read_inputs(inputs, null)
     mode = _resolve_via(settings, via)
     items, _ = collect_inputs(given)
-    if store and mode == "local":  # jobs=1: scores in this process, nothing forks
-        from .store import preload_client
-
-        preload_client()
     raw, results = _results(items, settings, mode, jobs=1, store=store)
     collected = list(_annotating(results, annotate_to))
     if fmt == "json":

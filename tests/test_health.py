@@ -160,7 +160,7 @@ def test_redis_password_is_not_printed(env, redis_server):
 
 
 def test_embedded_qdrant_locked_by_another_process(env, clean_env):
-    folder = clean_env / "qdrant"
+    folder = clean_env / "store"  # the embedded store's lock file is store/.lock
     folder.mkdir(parents=True)
     with (folder / ".lock").open("w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)

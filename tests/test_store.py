@@ -5,10 +5,13 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -18,8 +21,9 @@ from facescore_cli.config import Settings
 from facescore_cli.ml.detect import detect
 from facescore_cli.ml.embed import embed
 from facescore_cli.result import FaceResult, ImageResult
-from facescore_cli.store import (FaceStore, StoreLocked, collection_name, percentile, point_id, remember_all,
-                                 similarity)
+from facescore_cli.health import check_qdrant
+from facescore_cli.store import (FaceStore, StoreLocked, collection_name, embedded_path, legacy_path, percentile,
+                                 point_id, points_of, remember_all, similarity)
 
 from conftest import EXAMPLES, free_port
 
@@ -100,12 +104,15 @@ def test_ranks_are_percentiles_that_move_the_right_way(clean_env: Path, embedded
         store.remember(target)
         assert target.faces[0].store_rank == 56.2  # (1 + 3 + 0.5) of 8
         assert store.count("test-head 1") == 9  # re-remembering replaced, never added
+        kept = [store.counts("test-head 1", s) for s in SCORES]  # the histogram kept up by hand
+    population = [50.0, 40.0, 60.0, 70.0, 80.0, 50.0, 10.0, 10.0, 10.0]
     with FaceStore.open(Settings.load()) as store:  # a new run reads the same ranks from disk
         assert store.rank("test-head 1", 50.0) == 56.2
-        # The server's way (filtered counts) and the embedded copy of the scores agree.
-        name = collection_name("test-head 1")
-        for score in (0.0, 10.0, 39.9, 40.0, 50.0, 65.0, 80.0, 99.0):
-            assert store._counts(name, score) == store._counts_in_memory(name, score)
+        loaded = [store.counts("test-head 1", s) for s in SCORES]
+    assert kept == loaded == [(9, sum(x < s for x in population), sum(x == s for x in population)) for s in SCORES]
+
+
+SCORES = (0.0, 10.0, 39.9, 40.0, 50.0, 65.0, 80.0, 99.0)
 
 
 def test_one_writer_per_embedded_store(clean_env: Path, embedded_faces: list) -> None:
@@ -118,6 +125,161 @@ def test_one_writer_per_embedded_store(clean_env: Path, embedded_faces: list) ->
         out = list(remember_all([r, result_of(embedded_faces[1], [40.0])], settings, warnings.append))
     assert len(out) == 2 and len(warnings) == 1 and "QDRANT_URL" in warnings[0]
     assert stored() == 0
+
+
+def test_a_shard_opened_elsewhere_is_reported_as_locked(clean_env: Path, embedded_faces: list) -> None:
+    """The engine's own lock (on each shard's log) is StoreLocked too, whoever took it."""
+    import qdrant_edge
+
+    with FaceStore.open(Settings.load()) as store:
+        store.remember(result_of(embedded_faces[0], [50.0]))
+    shard = qdrant_edge.EdgeShard.load(str(embedded_path(Settings.load()) / collection_name("test-head 1")))
+    try:
+        with FaceStore.open(Settings.load()) as store:
+            with pytest.raises(StoreLocked, match="QDRANT_URL"):
+                store.count()
+    finally:
+        shard.close()
+    assert stored() == 1
+
+
+def _legacy_store(home: Path, embedded_faces: list) -> dict[str, dict]:
+    """A store as facescore wrote it before the embedded engine: qdrant-client's local mode in
+    FACESCORE_HOME/qdrant, a collection per model version. Returns id -> (collection, vector, payload)."""
+    from qdrant_client import QdrantClient, models
+
+    client = QdrantClient(path=str(home / "qdrant"))
+    written: dict[str, dict] = {}
+    try:
+        for model, items in (("old-head 1", embedded_faces), ("old-head 2", embedded_faces[:2])):
+            name = collection_name(model)
+            client.create_collection(name, vectors_config=models.VectorParams(size=len(items[0][1][0]),
+                                                                              distance=models.Distance.COSINE))
+            for k, item in enumerate(items):
+                result = result_of(item, [10.0 * (k + 1) + 0.5 * i for i in range(len(item[2]))], model=model,
+                                   path=f"old/{k}.jpg")
+                points = points_of(result, now="2025-06-01T12:00:00+00:00")
+                for p in points:
+                    del p.payload["score_tenths"]  # the old payload had no such field
+                    written[p.id] = {"collection": name, "vector": p.vector, "payload": p.payload}
+                client.upsert(name, points=[models.PointStruct(id=p.id, vector=p.vector, payload=p.payload)
+                                            for p in points], wait=True)
+        client.create_collection("not_ours", vectors_config=models.VectorParams(size=2, distance=models.Distance.DOT))
+    finally:
+        client.close()
+    return written
+
+
+def test_an_old_store_is_carried_over_once_with_nothing_lost(clean_env: Path, embedded_faces: list) -> None:
+    import qdrant_edge
+
+    written = _legacy_store(clean_env, embedded_faces)
+    assert len(written) == 10 + 2  # five one-face images and the five-face group, then two images again
+    settings = Settings.load()
+    assert "carried over on first use" in check_qdrant(settings).detail
+    with FaceStore.open(settings) as store:
+        assert store.collections() == [collection_name("old-head 1"), collection_name("old-head 2")]
+        assert store.count("old-head 1") == 10 and store.count("old-head 2") == 2
+        # ranks and search work on what came over: the group's first face scored 60.0 among
+        # 10, 20, 30, 40, 50 and the group's 60.5, 61, 61.5, 62
+        assert store.rank("old-head 1", 60.0) == 55.6
+        top = store.similar(embedded_faces[2][1][0], "old-head 1", limit=1)[0]
+        assert top.path == "old/2.jpg" and top.similarity > 0.999 and top.stored_at == "2025-06-01T12:00:00+00:00"
+    assert not legacy_path(settings).exists() and (clean_env / "qdrant.migrated").is_dir()
+
+    # Every point, payload and vector, read back through the engine itself.
+    for name in {w["collection"] for w in written.values()}:
+        shard = qdrant_edge.EdgeShard.load(str(embedded_path(settings) / name))
+        try:
+            mine = {i: w for i, w in written.items() if w["collection"] == name}
+            records = shard.retrieve(list(mine), with_payload=True, with_vector=True)
+        finally:
+            shard.close()
+        assert len(records) == len(mine)
+        for r in records:
+            want = mine[str(r.id)]
+            assert r.payload == {**want["payload"], "score_tenths": round(want["payload"]["score"] * 10)}
+            v = np.asarray(want["vector"])
+            assert np.allclose(r.vector, v / np.linalg.norm(v), atol=1e-6)  # cosine shards keep unit vectors
+
+    with FaceStore.open(settings) as store:  # not carried over twice
+        assert store.count() == 12
+    assert "carried over" not in check_qdrant(settings).detail
+    assert "12 faces of 2 model versions" in check_qdrant(settings).detail
+
+
+def test_an_old_store_in_use_is_left_alone_and_said(clean_env: Path, embedded_faces: list) -> None:
+    from qdrant_client import QdrantClient
+
+    _legacy_store(clean_env, embedded_faces[:1])
+    old = QdrantClient(path=str(clean_env / "qdrant"))  # an older facescore, still running
+    try:
+        with pytest.raises(StoreLocked, match="old face store"):
+            FaceStore.open(Settings.load())
+    finally:
+        old.close()
+    assert (clean_env / "qdrant").is_dir()
+    with FaceStore.open(Settings.load()) as store:
+        assert store.count() == 2
+
+
+# A writer that reports each image once `remember` returned (its faces are in the store), forever.
+WRITER = textwrap.dedent("""
+    import sys, uuid
+    import numpy as np
+    from facescore_cli.config import Settings
+    from facescore_cli.ml.types import Face
+    from facescore_cli.result import FaceResult, ImageResult
+    from facescore_cli.store import FaceStore
+
+    rng = np.random.default_rng(int(sys.argv[1]))
+    face = Face(box=(10, 10, 100, 100), confidence=0.99, landmarks=((0.0, 0.0),) * 5)
+    with FaceStore.open(Settings.load()) as store:
+        while True:
+            vec = rng.normal(size=(2, 128))
+            r = ImageResult(path="x.jpg", source="local", model="kill-test", sha256=uuid.uuid4().hex * 2,
+                            faces=[FaceResult(face=face, score=float(round(rng.uniform(0, 100), 1)), vibe="calm",
+                                              rank=50.0) for _ in range(2)],
+                            embeddings=vec.tolist())
+            store.remember(r)
+            print(r.sha256, r.faces[0].store_rank, flush=True)
+""")
+
+
+def test_sigkill_while_writing_never_loses_a_face_reported_stored(clean_env: Path) -> None:
+    reported: list[str] = []
+    for round_, stop_after in enumerate((700, 1300)):  # 1400 and 2600 faces: past a flush (every 1000)
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(round_)], stdout=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                reported.append(line.split()[0])
+                if len(reported) >= sum((700, 1300)[:round_ + 1]):
+                    proc.send_signal(signal.SIGKILL)  # while it goes on writing
+                    break
+        finally:
+            proc.kill()
+            proc.wait(30)
+        assert proc.returncode == -signal.SIGKILL
+    with FaceStore.open(Settings.load()) as store:
+        stored_faces = store.count("kill-test")
+        assert stored_faces >= 2 * len(reported)  # at most the one it was writing when killed is extra
+        assert stored_faces <= 2 * len(reported) + 4
+        removed = store.forget(reported)
+    assert set(removed.values()) == {2}  # every image reported stored was there, both faces
+
+
+def test_health_tells_what_the_embedded_store_holds(clean_env: Path, embedded_faces: list) -> None:
+    settings = Settings.load()
+    assert "created on first use" in check_qdrant(settings).detail
+    with FaceStore.open(settings) as store:
+        store.remember(result_of(embedded_faces[5], [40.0, 60.0]))
+        store.remember(result_of(embedded_faces[0], [50.0], model="test-head 2"))
+        row = check_qdrant(settings)
+        assert row.status == "locked" and "QDRANT_URL" in row.detail
+    row = check_qdrant(settings)
+    assert row.status == "ok" and "3 faces of 2 model versions" in row.detail
 
 
 # -- through the CLI ------------------------------------------------------------------------
@@ -151,13 +313,24 @@ def test_rescoring_is_idempotent_and_batch_stores_in_the_parent(clean_env: Path,
         assert float(row["store_rank"]) == percentile(below, ties, len(others))
 
 
+def test_score_stores_without_importing_qdrant_client(clean_env: Path, portrait: Path) -> None:
+    """qdrant-client (~1 s of imports) is for QDRANT_URL and the one-off carry-over only."""
+    code = ("import sys; from typer.testing import CliRunner; from facescore_cli.cli import app; "
+            f"r = CliRunner().invoke(app, ['score', {str(portrait)!r}, '--json']); "
+            "print(r.exit_code, 'qdrant_client' in sys.modules, 'qdrant_edge' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert proc.stdout.split() == ["0", "False", "True"], proc.stdout + proc.stderr
+    assert stored() == 1
+
+
 def test_no_store_and_simulated_results_are_not_stored(clean_env: Path, portrait: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     assert run("score", str(portrait), "--no-store").exit_code == 0
     monkeypatch.setenv("USE_REAL_ML", "false")
     res = run("score", str(portrait), "--json")
     assert json.loads(res.stdout)[0]["source"] == "simulated"
-    assert not (clean_env / "qdrant").exists()  # nothing even opened the store
+    assert not (clean_env / "store").exists()  # nothing even opened the store
     monkeypatch.delenv("USE_REAL_ML")
     assert stored() == 0
 
