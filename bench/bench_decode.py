@@ -8,7 +8,7 @@ Every cell runs in a fresh process (peak RSS is its VmHWM, so imports count: the
 The anchor is a normal photo: an OMI portrait (1024 px JPEG) decoded the same way in the same
 run; each image's CPU is also printed as a ratio to it. Implementations and images alternate
 round by round; each cell is the best of `--rounds`, with the spread (max/min) beside it.
-`--before` points at an older images.py (e.g. `git show HEAD~3:facescore_cli/images.py > old.py`)
+`--work-side N` adds the current code at another working size. `--before` points at an older images.py (e.g. `git show HEAD~3:facescore_cli/images.py > old.py`)
 to print before/after side by side. `--detect` adds MTCNN detection on the decoded array
 (models loaded before the clock starts), i.e. the image's whole cost up to the embedding.
 """
@@ -32,7 +32,7 @@ CHILD = r"""
 import importlib.util, json, resource, sys, time
 import numpy, PIL.Image
 import facescore_cli.images, facescore_cli.errors
-impl, path, detect = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+impl, path, detect, work_side = sys.argv[1], sys.argv[2], sys.argv[3] == "1", int(sys.argv[4])
 if impl == "current":
     mod = facescore_cli.images
 else:
@@ -54,7 +54,7 @@ def cpu():
     return r.ru_utime + r.ru_stime
 t = cpu()
 try:
-    img = mod.decode(data)
+    img = mod.decode(data, **({"work_side": work_side} if work_side else {}))
     out = "%dx%d" % (img.pixels.shape[1], img.pixels.shape[0])
     if detect:
         out += " %d faces" % len(det.detect_pixels(img.pixels, img.scale))
@@ -107,8 +107,8 @@ def make_images(folder: Path, side: int, only: set[str] | None) -> dict[str, Pat
     return out
 
 
-def run(impl: str, path: Path, detect: bool) -> dict:
-    proc = subprocess.run([sys.executable, "-c", CHILD, impl, str(path), "1" if detect else "0"],
+def run(impl: str, path: Path, detect: bool, work_side: int = 0) -> dict:
+    proc = subprocess.run([sys.executable, "-c", CHILD, impl, str(path), "1" if detect else "0", str(work_side)],
                           capture_output=True, text=True, cwd=REPO, timeout=600)
     if proc.returncode:
         return {"cpu": float("nan"), "peak": float("nan"), "base": float("nan"),
@@ -123,6 +123,8 @@ def main() -> None:
     ap.add_argument("--detect", action="store_true")
     ap.add_argument("--before", help="an older images.py to compare with")
     ap.add_argument("--only", help="comma-separated image names")
+    ap.add_argument("--work-side", type=int, action="append", default=[],
+                    help="also run the current images.py at this working size (repeatable)")
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "facescore-bench-decode"))
     args = ap.parse_args()
     folder = Path(args.cache)
@@ -130,14 +132,15 @@ def main() -> None:
     only = set(args.only.split(",")) if args.only else None
     imgs = {"anchor: OMI 1024 px JPEG": sorted(OMI.glob("*.jpg"))[0]}
     imgs.update(make_images(folder, args.side, only))
-    impls = {"after": "current"}
+    impls = {"after": ("current", 0)}
     if args.before:
-        impls = {"before": str(Path(args.before).resolve()), **impls}
+        impls = {"before": (str(Path(args.before).resolve()), 0), **impls}
+    impls.update({f"work {n}": ("current", n) for n in args.work_side})
     cells: dict[tuple[str, str], list[dict]] = {}
     for _ in range(args.rounds):
         for name, path in imgs.items():
             for label, impl in impls.items():
-                cells.setdefault((name, label), []).append(run(impl, path, args.detect))
+                cells.setdefault((name, label), []).append(run(*impl[:1], path, args.detect, impl[1]))
     anchor = {label: min(r["cpu"] for r in cells[(next(iter(imgs)), label)]) for label in impls}
     print(f"{'decode + detect' if args.detect else 'decode'}, {args.side} px canvases, best of {args.rounds} "
           f"(spread = max/min CPU); anchor CPU: " + ", ".join(f"{k} {v:.3f} s" for k, v in anchor.items()))
