@@ -140,7 +140,7 @@ def main() -> None:
     for _ in range(args.rounds):
         for name, path in imgs.items():
             for label, impl in impls.items():
-                cells.setdefault((name, label), []).append(run(*impl[:1], path, args.detect, impl[1]))
+                cells.setdefault((name, label), []).append(run(impl[0], path, args.detect, impl[1]))
     anchor = {label: min(r["cpu"] for r in cells[(next(iter(imgs)), label)]) for label in impls}
     print(f"{'decode + detect' if args.detect else 'decode'}, {args.side} px canvases, best of {args.rounds} "
           f"(spread = max/min CPU); anchor CPU: " + ", ".join(f"{k} {v:.3f} s" for k, v in anchor.items()))
