@@ -2,7 +2,10 @@
 
 Everything the models see goes through `decode`: EXIF orientation applied, alpha flattened on
 white, CMYK/grayscale/palette/16-bit converted to 8-bit RGB, the first frame of animations.
-Caps on file size and pixel count refuse decompression bombs before any pixel is decoded.
+Caps on file size and pixel count refuse decompression bombs before any pixel is decoded, and
+an image over twice the working size is reduced to it as early as its format allows (JPEG while
+decoding, the others band by band before RGB), so no accepted input costs much more than a
+photo of the working size. docs/images.md has the measurements.
 """
 from __future__ import annotations
 
@@ -12,9 +15,10 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from .errors import ImageError
 
@@ -22,9 +26,25 @@ SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "DIB", "TIFF
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".dib", ".tif", ".tiff", ".gif"})
 DEFAULT_MAX_BYTES = 40 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 60_000_000
-# The detector finds faces down to ~40 px, so JPEGs are draft-decoded only while the long side
-# stays at or above this: a 4000 px photo loses 2x, a 1024 px portrait nothing.
-DRAFT_MIN_SIDE = 1600
+# The working size: an image whose long side is over twice this reaches the models with exactly
+# this long side; smaller ones are decoded whole, pixel for pixel. The detector works on at most
+# half the original size anyway (ml/detect.py: faces from 40 px, searched at 20 px), so images up
+# to 2 x WORK_SIDE lose nothing; beyond, the smallest face found is 12 px here (MTCNN's cell),
+# i.e. long side / 133 in the original: 58 px in a 7745 px image. See docs/images.md.
+WORK_SIDE = 1600
+# Pillow decodes WebP only whole, through three full-size buffers (~16 bytes a pixel: 950 MB at
+# 60 Mpx), so WebP gets a lower cap that keeps its decode near 300 MB. Other formats decode into
+# one native buffer (1-4 bytes a pixel), which 60 Mpx keeps under 300 MB.
+WEBP_MAX_PIXELS = 16_000_000
+# Rows converted to RGB at a time while reducing a big image: the native decode (1 byte a pixel
+# for palette and grayscale, 3-4 for colour) is the only full-size buffer.
+BAND_PIXELS = 2_000_000
+
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}
+_SIXTEEN_BIT = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
+_ALPHA = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 
 # We check pixel counts ourselves (with a clear message); PIL's own guard would raise first.
 Image.MAX_IMAGE_PIXELS = None
@@ -35,7 +55,7 @@ class DecodedImage:
     """An upright RGB uint8 array plus the factor from decoded pixels back to original pixels."""
 
     pixels: np.ndarray  # (h, w, 3) uint8, C-contiguous
-    scale: float  # decoded size / upright original size (1.0 unless draft-decoded)
+    scale: float  # decoded size / upright original size (1.0 unless reduced to the working size)
     width: int  # upright original width
     height: int  # upright original height
     format: str
@@ -73,9 +93,14 @@ def decode(
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    draft_min_side: int | None = DRAFT_MIN_SIDE,
+    work_side: int | None = WORK_SIDE,
 ) -> DecodedImage:
-    """Decode image bytes into an upright RGB array; raise ImageError with a one-line reason."""
+    """Decode image bytes into an upright RGB array; raise ImageError with a one-line reason.
+
+    An image whose long side is over 2 x `work_side` comes out with a long side of `work_side`
+    (JPEG decoded reduced, other formats reduced in bands as they are converted); `None` keeps
+    every pixel.
+    """
     if not data:
         raise ImageError("empty file")
     if len(data) > max_bytes:
@@ -99,22 +124,28 @@ def decode(
         raise ImageError("image has no pixels")
     if w * h > max_pixels:
         raise ImageError(f"image is {w}x{h} pixels, over the {max_pixels:,} pixel cap (decompression bomb?)")
+    if fmt == "WEBP" and w * h > WEBP_MAX_PIXELS:
+        raise ImageError(f"WebP image is {w}x{h} pixels, over the {WEBP_MAX_PIXELS:,} pixel cap for WebP "
+                         "(it can only be decoded whole)")
 
     orientation = _exif_orientation(img)
     transposed = orientation in (5, 6, 7, 8)
     upright_w, upright_h = (h, w) if transposed else (w, h)
-
-    if draft_min_side and fmt in ("JPEG", "MPO") and max(w, h) > 2 * draft_min_side:
-        # draft() picks the largest 1/2, 1/4, 1/8 reduction that stays at or above the request.
-        f = draft_min_side / max(w, h)
-        img.draft("RGB", (math.ceil(w * f), math.ceil(h * f)))
+    target = None
+    if work_side and max(w, h) > 2 * work_side:
+        f = work_side / max(w, h)
+        target = (max(round(w * f), 1), max(round(h * f), 1))
+        if fmt in ("JPEG", "MPO"):
+            # draft() picks the largest 1/2, 1/4, 1/8 reduction that stays at or above the request.
+            img.draft("RGB", (math.ceil(w * f), math.ceil(h * f)))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             img.seek(0)
             img.load()
-            img = ImageOps.exif_transpose(img) if orientation not in (None, 1) else img
-            rgb = _to_rgb(img)
+            rgb = _to_rgb(img, target)
+            if orientation in _TRANSPOSE:
+                rgb = rgb.transpose(_TRANSPOSE[orientation])
     except ImageError:
         raise
     except Exception as exc:
@@ -143,23 +174,72 @@ def _exif_orientation(img: Image.Image) -> int | None:
         return None  # unreadable EXIF is no reason to refuse the pixels
 
 
-def _to_rgb(img: Image.Image) -> np.ndarray:
+def _to_rgb(img: Image.Image, target: tuple[int, int] | None = None) -> Image.Image:
+    """The loaded image as 8-bit RGB, alpha flattened on white, resized to `target` if given.
+
+    Whole (no target) the result is pixel for pixel what Pillow's own conversions give. With a
+    target, the image is converted a band of rows at a time and each band box-averaged by the
+    integer factor that keeps it at or above the target, so the full-size RGB never exists; a
+    bicubic resize takes the remainder (less than 2x).
+    """
+    w, h = img.size
+    k = min(w // target[0], h // target[1]) if target else 1
+    if k <= 1:
+        rgb = _converter(img)(img)
+    else:
+        # Alpha is averaged premultiplied and laid on white once small: the same picture as
+        # flattening first, at a third of the cost.
+        alpha = img.mode in _ALPHA
+        convert = (lambda part: part.convert("RGBA").convert("RGBa")) if alpha else _converter(img)
+        rows = k * max(1, BAND_PIXELS // (w * k))
+        rgb = Image.new("RGBa" if alpha else "RGB", (math.ceil(w / k), math.ceil(h / k)))
+        for y in range(0, h, rows):
+            rgb.paste(convert(img.crop((0, y, w, min(y + rows, h)))).reduce(k), (0, y // k))
+        rgb = _flatten(rgb) if alpha else rgb
+    if target and rgb.size != target:
+        rgb = rgb.resize(target, Image.Resampling.BICUBIC)
+    return rgb
+
+
+def _converter(img: Image.Image) -> Callable[[Image.Image], Image.Image]:
+    """A function from `img`, or a crop of it, to RGB. It may change the image it is given."""
     mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if arr.max(initial=0) > 255 else 255.0
-        gray = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
+    if mode in _SIXTEEN_BIT:
+        # 16-bit scans use the full range; some writers put 8-bit values in a 16-bit container.
+        top = 65535.0 if (img.getextrema()[1] or 0) > 255 else 255.0
+
+        def to_8bit(arr: np.ndarray) -> np.ndarray:
+            return np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+        if mode.startswith("I;16"):
+            lut = to_8bit(np.arange(65536, dtype=np.float64))  # the same formula, once per value
+            return lambda part: Image.fromarray(lut[np.asarray(part)]).convert("RGB")
+        return lambda part: Image.fromarray(to_8bit(np.asarray(part, dtype=np.float64))).convert("RGB")
     if mode == "P":
-        img = img.convert("RGBA")
-        mode = "RGBA"
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+        # A palette pixel's colour depends on its index alone: flatten the 256 entries once and
+        # give every part that flat palette, so converting it is a plain lookup.
+        strip = img.crop((0, 0, 256, 1))
+        strip.putdata(range(256))
+        flat = _flatten(strip).tobytes()
+
+        def lookup(part: Image.Image) -> Image.Image:
+            part.info.pop("transparency", None)
+            part.putpalette(flat, "RGB")
+            return part.convert("RGB")
+
+        return lookup
+    if mode in _ALPHA:
+        return _flatten
     if mode != "RGB":
-        img = img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
-    return np.asarray(img)
+        return lambda part: part.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+    return lambda part: part
+
+
+def _flatten(img: Image.Image) -> Image.Image:
+    """An image with alpha (or a palette that may hold some) laid on white, as RGB."""
+    rgba = img.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
 
 
 def _reason(exc: Exception) -> str:

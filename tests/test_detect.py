@@ -146,7 +146,7 @@ def test_no_face_in_texture_or_gradient():
 
 
 def test_draft_decoded_image_gives_boxes_in_original_pixels(portrait_faces):
-    small = decode(omi_bytes(1), draft_min_side=256)  # JPEG draft: decoded at 1/2 or 1/4 size
+    small = decode(omi_bytes(1), work_side=256)  # JPEG draft: decoded at 1/2 or 1/4 size
     assert small.scale < 1.0 and small.width == 1024
     faces = detect(small)
     assert len(faces) == 1

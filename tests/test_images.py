@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from facescore_cli import images
 from facescore_cli.errors import ImageError
@@ -72,11 +72,89 @@ def test_cmyk_grayscale_palette_and_16_bit(photo: Image.Image) -> None:
     assert np.abs(px16[..., 0].astype(int) - np.asarray(photo.convert("L")).astype(int)).max() <= 1
 
 
-def test_large_jpeg_is_draft_decoded_with_its_scale(photo: Image.Image) -> None:
+def test_large_jpeg_is_draft_decoded_to_the_working_size(photo: Image.Image) -> None:
     big = photo.resize((4096, 4096))
     out = images.decode(encode(big, "JPEG", quality=85))
-    assert out.pixels.shape[1] == 2048 and out.scale == 0.5
-    assert (out.width, out.height) == (4096, 4096)
+    assert out.pixels.shape == (images.WORK_SIDE, images.WORK_SIDE, 3)
+    assert out.scale == images.WORK_SIDE / 4096 and (out.width, out.height) == (4096, 4096)
+
+
+def test_omi_faces_decode_exactly_as_pillow_does(omi_dir: Path) -> None:
+    # The scoring head was trained on these pixels: normal sizes must not move by one bit.
+    for path in sorted((omi_dir / "images").glob("*.jpg"))[::40]:
+        out = images.decode(path.read_bytes())
+        with Image.open(path) as img:
+            assert np.array_equal(out.pixels, np.asarray(img.convert("RGB"))), path.name
+        assert out.scale == 1.0
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "GIF"])
+def test_palette_with_transparency_is_exactly_pillows_flattening(photo: Image.Image, fmt: str) -> None:
+    pal = photo.quantize(64)
+    data = encode(pal, fmt, transparency=5)
+    with Image.open(io.BytesIO(data)) as img:
+        rgba = img.convert("RGBA")
+    want = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    got = images.decode(data).pixels
+    assert np.array_equal(got, np.asarray(want))
+    assert (got[np.asarray(pal) == 5] == 255).all()  # the transparent index is white
+
+
+def test_16_bit_is_exactly_the_scaled_value(photo: Image.Image) -> None:
+    g16 = (np.asarray(photo.convert("L")).astype(np.uint16) * 251)
+    px = images.decode(encode(Image.fromarray(g16), "PNG")).pixels
+    want = np.clip(g16 / 65535.0 * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    assert np.array_equal(px[..., 0], want) and np.array_equal(px[..., 2], want)
+
+
+@pytest.mark.parametrize("orientation", range(2, 9))
+def test_every_exif_orientation_matches_pillows_exif_transpose(photo: Image.Image, orientation: int) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(photo.resize((300, 200)), "PNG", exif=exif)
+    with Image.open(io.BytesIO(data)) as img:
+        want = np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
+    assert np.array_equal(images.decode(data).pixels, want)
+
+
+def test_working_size_starts_above_twice_its_side(photo: Image.Image) -> None:
+    edge = 2 * images.WORK_SIDE
+    whole = images.decode(encode(photo.resize((edge, 900)), "PNG"))
+    assert whole.pixels.shape == (900, edge, 3) and whole.scale == 1.0
+    reduced = images.decode(encode(photo.resize((edge + 1, 900)), "PNG"))
+    assert reduced.pixels.shape == (round(900 * images.WORK_SIDE / (edge + 1)), images.WORK_SIDE, 3)
+    assert reduced.scale == images.WORK_SIDE / (edge + 1) and (reduced.width, reduced.height) == (edge + 1, 900)
+    # the reduced picture is the same picture
+    want = np.asarray(photo.resize((edge + 1, 900)).resize(reduced.pixels.shape[1::-1], Image.Resampling.BOX))
+    assert np.abs(reduced.pixels.astype(int) - want.astype(int)).mean() < 3
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "I;16", "1", "CMYK"])
+def test_reduced_modes_keep_their_picture(photo: Image.Image, mode: str) -> None:
+    big = photo.resize((4000, 3000))
+    if mode == "I;16":
+        src = Image.fromarray(np.asarray(big.convert("L")).astype(np.uint16) * 257)
+    elif mode in ("RGBA", "LA"):
+        a = np.asarray(big.convert("RGBA")).copy()
+        a[:, :2000, 3] = 0  # the left half transparent: white once flattened
+        src = Image.fromarray(a).convert(mode)
+    else:
+        src = big.convert(mode)
+    out = images.decode(encode(src, "TIFF", compression="tiff_deflate") if mode == "CMYK" else encode(src, "PNG"))
+    assert out.pixels.shape == (1200, images.WORK_SIDE, 3)
+    plain = np.asarray(big.convert("L" if mode in ("I;16", "LA") else "RGB").convert("RGB").resize((1600, 1200)))
+    left, right = out.pixels[:, :790].astype(int), out.pixels[:, 810:].astype(int)
+    if mode in ("RGBA", "LA"):
+        assert (left >= 254).all()
+    else:
+        assert np.abs(left - plain[:, :790]).mean() < (25 if mode == "1" else 6)
+    assert np.abs(right - plain[:, 810:]).mean() < (25 if mode == "1" else 6)
+
+
+def test_webp_has_a_lower_pixel_cap(photo: Image.Image) -> None:
+    assert images.decode(encode(photo.resize((4000, 4000)), "WEBP")).pixels.shape[1] == images.WORK_SIDE
+    with pytest.raises(ImageError, match="over the 16,000,000 pixel cap for WebP"):
+        images.decode(encode(Image.new("RGB", (4001, 4000)), "WEBP"))
 
 
 @pytest.mark.parametrize(
