@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .. import output, pipeline, queue
 from ..console import err, fail, out, settings_or_exit, via_choice, warn
 from ..errors import ServiceUnavailable
+from ..health import redact
 from ..result import ImageResult
 from ..store import remember_all
 
@@ -178,14 +179,22 @@ def api(
     port: int = typer.Option(3000, "--port", help="Port to listen on."),
     via: Optional[str] = typer.Option(None, "--via", help="auto | local | queue (env FACESCORE_VIA): who scores.",
                                       show_default=False),
-    timeout: float = typer.Option(30.0, "--timeout", help="Seconds a request waits for a worker's result."),
+    timeout: float = typer.Option(90.0, "--timeout", min=1.0,
+                                  help="Seconds a request waits for a worker's result; keep it over the workers' "
+                                       "--lock-duration + --stalled-interval, so a job of a killed worker comes back."),
+    processes: int = typer.Option(0, "--processes", min=0,
+                                  help="Scoring processes for --via local (0 = FACESCORE_API_PROCESSES, else one per core)."),
+    max_waiting: int = typer.Option(0, "--max-waiting", min=0,
+                                    help="Requests that may wait beyond those being scored before the answer is 503 "
+                                         "with Retry-After (0 = FACESCORE_API_MAX_WAITING, else 4 per scoring slot)."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn's log level."),
 ) -> None:
     """The original REST endpoint: POST /api/score with {"image": "<base64>"}.
 
     Answers {"success": true, "data": {"score", "vibe", "rank", "faces", ...}} or
     {"success": false, "error": ...} with 400 (bad request), 413 (too big), 422 (not an image,
-    no face), 503 (no worker, timeout) or 500.
+    no face), 503 (busy, no worker, timeout; with Retry-After) or 500. GET /health is 503 with
+    the reasons when the API cannot score.
 
     [bold]Examples[/bold]
 
@@ -202,9 +211,10 @@ def api(
     choice = via_choice(settings, via)
     err.print(f"[dim]via {choice}: "
               + ("scoring in this machine's processes" if choice == "local" else
-                 f"queue {settings.queue!r} at {queue._safe_url(settings.redis_url)}"
+                 f"queue {settings.queue!r} at {redact(settings.redis_url)}"
                  + (", local when no worker is alive" if choice == "auto" else "")) + "[/dim]", highlight=False)
-    uvicorn.run(create_app(settings, choice, timeout), host=host, port=port, access_log=False, log_level=log_level,
+    app = create_app(settings, choice, timeout, processes=processes, max_waiting=max_waiting or None)
+    uvicorn.run(app, host=host, port=port, access_log=False, log_level=log_level,
                 timeout_graceful_shutdown=5)
 
 
