@@ -2,13 +2,14 @@
 concurrencies, peak memory of every process involved, and one real photo's latency while large
 images and abandoned requests are in flight.
 
-    python bench/bench_api.py [--via local,queue] [--levels 1,8,32,128] [--processes 2] [--repo DIR]
+    python bench/bench_api.py [--via local,queue] [--levels 1,8,32,128] [--rounds 2] [--compare DIR]
 
 Starts its own redis-server on a free port, the API (`serve api --via ...`) and, for the queue,
 one `facescore worker` with --processes processes; all die with the bench. Every request sends a
 distinct image (a 256 px OMI face with one pixel changed), so the queue's content-addressed job ids
 never answer from a kept result. Bounded: at most max(16, concurrency) requests per level, 60 s
-per request. `--repo` runs another checkout's code (the "before" figures) with this venv.
+per request. `--compare DIR` runs another checkout (the "before") with this venv, alternated
+with this one, round by round; each level reports the best round and the spread.
 
 The anchor is concurrency 1 of the same run: `x c=1` is requests/s against it.
 """
@@ -161,7 +162,11 @@ async def abandoned_and_large(url: str, imgs: Images, n_abandon: int = 60, n_lar
     n_abandon requests with 1600 px photos were sent and given up after 1 s."""
     async with httpx.AsyncClient() as client:
         alone = [(await one(client, url, imgs.next()))[1] for _ in range(3)]
-        large = [asyncio.create_task(one(client, url, imgs.large())) for _ in range(n_large)]
+        async def big() -> tuple[int, float]:
+            async with httpx.AsyncClient() as c:
+                return await one(c, url, imgs.large())
+
+        large = [asyncio.create_task(big()) for _ in range(n_large)]
 
         async def abandon() -> None:
             try:
@@ -178,7 +183,8 @@ async def abandoned_and_large(url: str, imgs: Images, n_abandon: int = 60, n_lar
 
 
 def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+                            cwd=log.parent)
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -195,14 +201,14 @@ def stop(proc: subprocess.Popen) -> None:
         pass
 
 
-def run_mode(via: str, args: argparse.Namespace, tmp: Path, imgs: Images) -> dict:
+def run_mode(via: str, args: argparse.Namespace, tmp: Path, imgs: Images, repo: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FACESCORE_", "FACE_", "QDRANT_"))}
-    if args.repo:
-        env["PYTHONPATH"] = str(Path(args.repo).resolve())
+    env["PYTHONPATH"] = str(Path(repo or REPO).resolve())  # and cwd elsewhere: `-m` puts cwd first
     rport = free_port()
     env.update(REDIS_URL=f"redis://127.0.0.1:{rport}", FACESCORE_HOME=str(tmp / via / "home"),
                FACESCORE_QUEUE=f"bench-{uuid.uuid4().hex[:6]}", PYTHONUNBUFFERED="1")
-    (tmp / via).mkdir()
+    tmp = tmp / uuid.uuid4().hex[:6]
+    (tmp / via).mkdir(parents=True)
     cli = [sys.executable, "-m", "facescore_cli"]
     redis_proc = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", str(rport), "--bind",
                                    "127.0.0.1", "--save", "", "--appendonly", "no"],
@@ -220,8 +226,7 @@ def run_mode(via: str, args: argparse.Namespace, tmp: Path, imgs: Images) -> dic
         else:
             env["FACESCORE_API_PROCESSES"] = str(args.processes)  # read by the new code only
         port = free_port()
-        procs["api"] = start(cli + ["serve", "api", "--via", via, "--port", str(port), "--log-level", "warning"]
-                             + (["--processes", str(args.processes)] if args.processes_flag else []),
+        procs["api"] = start(cli + ["serve", "api", "--via", via, "--port", str(port), "--log-level", "warning"],
                              env, tmp / via / "api.log")
         wait_port(port, 90)
         url = f"http://127.0.0.1:{port}/api/score"
@@ -232,10 +237,40 @@ def run_mode(via: str, args: argparse.Namespace, tmp: Path, imgs: Images) -> dic
         time.sleep(0.5)
         mem.stop.set()
         mem.thread.join()
-        return {"via": via, "rows": rows, "probe": probe, "peak": mem.peak, "peak_total": mem.peak_total}
+        return {"via": via, "code": repo or "this checkout", "rows": rows, "probe": probe, "peak": mem.peak,
+                "peak_total": mem.peak_total}
     finally:
         for p in reversed(list(procs.values())):
             stop(p)
+
+
+def report(runs: list[dict], processes: int) -> None:
+    """Best of the rounds per level (ok/s), with the spread between rounds."""
+    first = runs[0]
+    print(f"\n--via {first['via']} ({first['code']}), {processes} scoring processes, best of {len(runs)} "
+          f"(spread: (max-min)/max of ok/s)")
+    print(f"{'conc':>5} {'n':>4} {'ok/s':>6} {'spread':>6} {'x c=1':>6} {'p50 s':>7} {'p95 s':>7} {'p99 s':>7}  status")
+    anchor = max(r["rows"][0]["ok_per_s"] for r in runs) or 1e-9
+    for i, row in enumerate(first["rows"]):
+        rounds = [r["rows"][i] for r in runs]
+        best = max(rounds, key=lambda x: x["ok_per_s"])
+        rates = [x["ok_per_s"] for x in rounds]
+        spread = (max(rates) - min(rates)) / max(rates) if max(rates) else 0.0
+        print(f"{row['conc']:>5} {row['n']:>4} {best['ok_per_s']:>6.2f} {spread:>6.0%} {best['ok_per_s'] / anchor:>6.2f} "
+              f"{best['p50']:>7.2f} {best['p95']:>7.2f} {best['p99']:>7.2f}  {best['status']}")
+    for r in runs:
+        p = r["probe"]
+        print(f"one photo: alone {p['alone_s']:.2f} s; after 60 abandoned requests with 2 large photos in flight "
+              f"{p['after_abandon_s']:.2f} s (status {p['status']}; large: {p['large']})")
+    peak: dict[str, int] = {}
+    totals: dict[str, int] = {}
+    for r in runs:
+        for k, v in r["peak"].items():
+            peak[k] = max(peak.get(k, 0), v)
+        for k, v in r["peak_total"].items():
+            totals[k] = max(totals.get(k, 0), v)
+    print("peak RSS MB: " + ", ".join(f"{k} {v / 2**20:.0f}" for k, v in sorted(peak.items()))
+          + " | per tree: " + ", ".join(f"{k} {v / 2**20:.0f}" for k, v in totals.items()))
 
 
 def main() -> None:
@@ -243,30 +278,25 @@ def main() -> None:
     ap.add_argument("--via", default="local,queue")
     ap.add_argument("--levels", default="1,8,32,128")
     ap.add_argument("--processes", type=int, default=2)
-    ap.add_argument("--processes-flag", action="store_true", help="pass --processes to `serve api` (new code)")
+    ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--repo", default="", help="run this checkout's facescore_cli instead")
+    ap.add_argument("--compare", default="", help="also run this checkout (the 'before'), alternated with ours")
     ap.add_argument("--json", default="", help="also write the figures here")
     args = ap.parse_args()
     args.levels = [int(x) for x in args.levels.split(",")]
     imgs = Images()
-    out = []
+    codes = ([args.compare] if args.compare else []) + [args.repo]
+    out: dict[tuple[str, str], list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
         for via in args.via.split(","):
-            out.append(run_mode(via, args, Path(tmp), imgs))
-    for m in out:
-        print(f"\n--via {m['via']} ({args.repo or 'this checkout'}), {args.processes} scoring processes")
-        print(f"{'conc':>5} {'n':>4} {'ok/s':>6} {'x c=1':>6} {'p50 s':>7} {'p95 s':>7} {'p99 s':>7}  status")
-        anchor = m["rows"][0]["ok_per_s"] or 1e-9
-        for r in m["rows"]:
-            print(f"{r['conc']:>5} {r['n']:>4} {r['ok_per_s']:>6.2f} {r['ok_per_s'] / anchor:>6.2f} {r['p50']:>7.2f} "
-                  f"{r['p95']:>7.2f} {r['p99']:>7.2f}  {r['status']}")
-        p = m["probe"]
-        print(f"one photo: alone {p['alone_s']:.2f} s; after 60 abandoned requests with 2 large photos in flight "
-              f"{p['after_abandon_s']:.2f} s (status {p['status']}; large: {p['large']})")
-        print("peak RSS MB: " + ", ".join(f"{k} {v / 2**20:.0f}" for k, v in sorted(m["peak"].items()))
-              + " | totals: " + ", ".join(f"{k} {v / 2**20:.0f}" for k, v in m["peak_total"].items()))
+            for _ in range(args.rounds):
+                for code in codes:
+                    run = run_mode(via, args, Path(tmp), imgs, code)
+                    out.setdefault((via, run["code"]), []).append(run)
+    for runs in out.values():
+        report(runs, args.processes)
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1))
+        Path(args.json).write_text(json.dumps([r for runs in out.values() for r in runs], indent=1))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from . import __version__, jsonbody, pipeline, queue
 from .config import Settings
 from .errors import ServiceUnavailable
 from .health import redact
-from .pool import PoolBusy, ScoringPool
+from .pool import PoolBusy, PoolClosed, ScoringPool
 from .result import NO_FACE, ImageResult
 
 # Longer than a worker's lock (30 s) plus BullMQ's stalled-job check (30 s) plus scoring: the job
@@ -175,6 +175,8 @@ def create_app(settings: Settings | None = None, via: str | None = None, timeout
             out = await _unless_gone(request, asyncio.wrap_future(pool.submit_encoded(text)))
         except PoolBusy as exc:
             return _fail(503, f"busy: {exc}", retry_after=admission.retry_after(processes))
+        except PoolClosed as exc:
+            return _fail(503, f"shutting down: {exc}", retry_after=5)
         if out["kind"] == "image":
             return _fail(422, out["error"])
         if out["kind"] in ("failed", "crashed"):
@@ -229,7 +231,7 @@ def create_app(settings: Settings | None = None, via: str | None = None, timeout
         if via != "queue":
             started = pool.started
             status = pool.status()
-            body["local"] = {**status.to_json(), "started": started}
+            body["local"] = {**status.to_json(), "started": started, "pids": pool.pids()}
             local_ok = status.can_score or (via == "auto" and not started)  # auto starts it on first use
             if not local_ok:
                 problems.append(f"no scoring process is ready ({status.ready}/{status.processes}"

@@ -172,7 +172,7 @@ def _child_main(conn: Any, settings: Settings, parent: int) -> None:
 
 
 class _Task:
-    __slots__ = ("kind", "args", "future", "crashes", "display")
+    __slots__ = ("kind", "args", "future", "crashes", "display", "started")
 
     def __init__(self, kind: str, args: tuple[Any, ...], display: str) -> None:
         self.kind = kind
@@ -180,6 +180,7 @@ class _Task:
         self.future: Future[Any] = Future()
         self.crashes = 0
         self.display = display
+        self.started = False  # its future is running: it can no longer be cancelled
 
     def crashed(self) -> Any:
         if self.kind == "file":
@@ -213,6 +214,7 @@ class ScoringPool:
         self._waiting: collections.deque[_Task] = collections.deque()
         self._threads: list[threading.Thread] = []
         self._pids: dict[int, int] = {}  # slot -> pid of its live process
+        self._busy: set[int] = set()  # slots scoring an image now
         self._ready = 0
         self._running = 0
         self._restarts = 0
@@ -235,7 +237,8 @@ class ScoringPool:
         return self
 
     def wait_ready(self, timeout: float | None = None, n: int | None = None) -> bool:
-        """Block until `n` (default: all) processes have their models loaded."""
+        """Block until `n` (default: all) processes have their models loaded; False on timeout
+        (`status().last_error` says why, when a process could not start)."""
         self.start()
         want = self.processes if n is None else n
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -279,10 +282,10 @@ class ScoringPool:
     def started(self) -> bool:
         return bool(self._threads)
 
-    def pids(self) -> list[int]:
-        """The live scoring processes (for tests and `/health`)."""
+    def pids(self, busy: bool = False) -> list[int]:
+        """The live scoring processes; with busy=True those scoring an image now."""
         with self._lock:
-            return sorted(self._pids.values())
+            return sorted(pid for slot, pid in self._pids.items() if not busy or slot in self._busy)
 
     def status(self) -> PoolStatus:
         with self._lock:
@@ -326,7 +329,8 @@ class ScoringPool:
         while self._waiting:
             task = self._waiting.popleft()
             # A retried task is already running; a cancelled one is dropped here, never scored.
-            if task.crashes or task.future.set_running_or_notify_cancel():
+            if task.started or task.future.set_running_or_notify_cancel():
+                task.started = True
                 self._running += 1
                 return task
         return None
@@ -388,28 +392,44 @@ class ScoringPool:
                         self._ready += 1
                         self._lock.notify_all()
                 task = self._take()
-                if task is None:
-                    if self._closing:
-                        return
-                    if not proc.is_alive():  # died while idle: replace it now, not on the next image
-                        self._note(slot, proc, f"scoring process {proc.pid} exited with {proc.exitcode} while idle")
-                        proc = conn = None
+                if task is None and self._closing:
+                    return
+                if not proc.is_alive():  # died while idle: replace it; the task is not to blame
+                    self._note(slot, proc, f"scoring process {proc.pid} exited with {proc.exitcode} while idle")
+                    proc = conn = None
+                    if task is not None:
+                        with self._lock:
+                            self._running -= 1
+                            self._waiting.appendleft(task)
+                            self._lock.notify()
                     continue
+                if task is None:
+                    continue
+                with self._lock:
+                    self._busy.add(slot)
                 try:
                     value = self._run(proc, conn, task)
                 except _Gone as exc:
-                    self._note(slot, proc, f"scoring process {proc.pid} {exc} while scoring {task.display or 'an image'}")
+                    if self._closing:  # stopped by close() after its grace period
+                        self._note(slot, proc, None)
+                    else:
+                        self._note(slot, proc, f"scoring process {proc.pid} {exc} while scoring "
+                                               f"{task.display or 'an image'}")
                     proc = conn = None
                     with self._lock:
+                        self._busy.discard(slot)
                         self._running -= 1
                         task.crashes += 1
-                        if task.crashes >= 2 or self._closing:
+                        if self._closing:  # not the image's fault: the owner may hand it to another
+                            task.future.set_exception(PoolClosed("the scoring pool was closed while scoring"))
+                        elif task.crashes >= 2:
                             task.future.set_result(task.crashed())
                         else:
                             self._waiting.appendleft(task)  # once more, in a fresh process
                             self._lock.notify()
                     continue
                 with self._lock:
+                    self._busy.discard(slot)
                     self._running -= 1
                     self._scored += 1
                 task.future.set_result(value)
@@ -421,17 +441,20 @@ class ScoringPool:
                     self._ready -= 1
                     self._lock.notify_all()
 
-    def _note(self, slot: int, proc: Any, error: str, restarted: bool = True) -> None:
+    def _note(self, slot: int, proc: Any, error: str | None, restarted: bool = True) -> None:
+        """Record the loss of a slot's process (error None: a stop, not a failure)."""
         with self._lock:
             if proc is not None:
                 self._pids.pop(slot, None)
                 self._ready -= 1
-            if restarted:
-                self._restarts += 1
-            self._last_error = error
+                self._lock.notify_all()
+            if error is not None:
+                self._restarts += restarted
+                self._last_error = error
         if proc is not None:
             self._stop(proc, None, 0.0)
-        sys.stderr.write(f"facescore: {error}; starting another\n")
+        if error is not None:
+            sys.stderr.write(f"facescore: {error}; starting another\n")
 
     @staticmethod
     def _stop(proc: Any, conn: Any, grace_s: float) -> None:

@@ -26,7 +26,7 @@ from typing import IO, Any
 from . import pipeline, queue
 from .config import Settings
 from .health import redact
-from .pool import ScoringPool
+from .pool import READY_TIMEOUT_S, PoolClosed, ScoringPool
 
 DEFAULT_LOCK_MS = 30_000
 DEFAULT_STALLED_MS = 30_000
@@ -90,7 +90,9 @@ class FaceWorker:
 
         self._pool = ScoringPool(self.settings, self.concurrency).start()
         # Loads the models in every process before the first job is taken.
-        await asyncio.to_thread(self._pool.wait_ready)
+        if not await asyncio.to_thread(self._pool.wait_ready, READY_TIMEOUT_S):
+            self._pool.close(0.0)
+            raise RuntimeError(f"the scoring processes did not start: {self._pool.status().last_error}")
         self.model = queue.local_model_version(self.settings)
         self._redis = queue.async_client(self.settings)
         await self._beat()
@@ -135,7 +137,7 @@ class FaceWorker:
         if self._tidying:
             await asyncio.wait(self._tidying, timeout=5)
         if self._pool is not None:
-            await asyncio.to_thread(self._pool.close, 0.0)  # what still runs was released above
+            await asyncio.to_thread(self._pool.close, 2.0)  # what still runs was released above
         self._log("stopped", processed=self.processed, failed=self.failed)
 
     # one job -----------------------------------------------------------------------------------
@@ -150,7 +152,10 @@ class FaceWorker:
         try:
             image, filename = self._validate(job)
             assert self._pool is not None, "worker not started"
-            out = await asyncio.wrap_future(self._pool.submit_encoded(image, filename))
+            try:
+                out = await asyncio.wrap_future(self._pool.submit_encoded(image, filename))
+            except PoolClosed:
+                raise TransientError("the worker stopped while scoring this job") from None
             if out["kind"] in ("image", "crashed"):  # crashed twice: a third process would too
                 raise UnrecoverableError(out["error"])
             if out["kind"] == "failed":
