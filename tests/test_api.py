@@ -12,12 +12,13 @@ import time
 
 import httpx
 import pytest
+import redis
 from fastapi.testclient import TestClient
 
 from conftest import free_port, wait_for_port
 from facescore_cli.api import create_app
-from queue_support import (CLI, WorkerProc, alive, base_env, big_photo, children, settings_for, wait_live,
-                           wait_until)
+from queue_support import (CLI, WorkerProc, alive, base_env, big_photo, children, settings_for, small_faces,
+                           wait_live, wait_until)
 
 
 def _b64(path) -> str:
@@ -330,3 +331,42 @@ def test_queue_job_of_a_killed_worker_comes_back_within_the_wait(redis_server, b
         a.stop()
         if b:
             b.stop()
+
+
+def test_queue_jobs_of_abandoned_requests_are_removed_before_a_worker_takes_them(redis_server, omi_dir, portrait,
+                                                                               tmp_path):
+    env = base_env(redis_server.url, tmp_path / "home")
+    bigs = [_b64(big_photo(portrait, tmp_path / f"big{i}.jpg", side=5000 - 10 * i)) for i in range(3)]
+    smalls = [_b64(p) for p in small_faces(omi_dir, tmp_path / "small", 6)]
+    w = WorkerProc(env, tmp_path / "w.log", concurrency=1)  # takes up to 2 jobs at a time
+    try:
+        w.wait_started()
+        wait_live(env)
+        with Api(env, "--via", "queue") as api:
+            api.wait_ready()
+            url = api.url + "/api/score"
+
+            async def scene() -> None:
+                async with httpx.AsyncClient(timeout=120) as client:
+                    slow = [asyncio.ensure_future(client.post(url, json={"image": b})) for b in bigs]
+                    await asyncio.sleep(0.5)
+
+                    async def abandon(image: str) -> None:
+                        try:
+                            async with httpx.AsyncClient(timeout=0.5) as c:
+                                await c.post(url, json={"image": image})
+                        except httpx.TimeoutException:
+                            pass
+
+                    await asyncio.gather(*[abandon(s) for s in smalls])
+                    assert [r.status_code for r in await asyncio.gather(*slow)] == [200] * 3
+
+            asyncio.run(scene())
+            time.sleep(2.0)  # whatever the worker had already taken finishes
+            done = {e["job"] for e in w.events("completed")}
+            assert len(done) <= 3 + 1, done  # the big ones, and at most one taken ahead while they ran
+            settings = settings_for(env)
+            left = redis.Redis.from_url(settings.redis_url).llen(f"bull:{settings.queue}:wait")
+            assert left == 0
+    finally:
+        w.stop()
