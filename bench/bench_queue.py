@@ -22,13 +22,12 @@ import sys
 import tempfile
 import time
 import uuid
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from facescore_cli import pipeline, queue
 from facescore_cli.config import Settings
 from facescore_cli.images import is_image_path
-from facescore_cli.worker import _init_process
+from facescore_cli.pool import ScoringPool
 
 REPO = Path(__file__).resolve().parents[1]
 OMI = REPO.parent / "shared" / "datasets" / "omi" / "images"
@@ -59,12 +58,11 @@ def pick_images(folder: Path, n: int) -> list[Path]:
 
 
 def local_run(paths: list[Path], settings: Settings, jobs: int) -> tuple[float, list]:
-    items = [pipeline.Item(p, str(p)) for p in paths]
-    # The worker's initializer, so both sides load (or fail to warm up) the models the same way.
-    with ProcessPoolExecutor(jobs, initializer=_init_process, initargs=(settings,)) as pool:
-        list(pool.map(pipeline._score_item, items[:jobs]))  # warm: every process has loaded its models
+    # The worker's pool, so both sides load (or fail to warm up) the models the same way.
+    with ScoringPool(settings, jobs) as pool:
+        pool.wait_ready()  # warm: every process has loaded its models
         start = time.perf_counter()
-        results = list(pool.map(pipeline._score_item, items, chunksize=1))
+        results = [f.result() for f in [pool.submit_file(p, str(p)) for p in paths]]
         return time.perf_counter() - start, results
 
 

@@ -2,18 +2,24 @@
 
 Answers `{"success": true, "data": {...}}` with the same `data` object as the job's return value
 (CONTRACT.md), or `{"success": false, "error": "..."}` with a status that says whose fault it is:
-400 no body / not JSON / bad base64, 413 too big, 422 not an image or no face, 503 no worker or
-timed out, 500 scoring failed. Scores through the queue's workers, or in a local process pool
-with `via="local"`; `auto` decides per request from the workers' heartbeats.
+400 no body / malformed JSON / bad base64, 413 too big, 422 not an image or no face, 503 busy, no
+worker or timed out (with Retry-After), 500 scoring failed. Scores in a local `ScoringPool` with
+`via="local"`, through the queue's workers with `via="queue"`; `auto` decides per request from the
+workers' heartbeats.
+
+Under load it stays honest rather than slow: a request is admitted only while fewer than
+`slots + max_waiting` are in flight (slots: the local processes, or the live workers'
+concurrency), otherwise it gets 503 with Retry-After before its body is read. A client that goes
+away stops costing anything: its image is taken out of the pool's (or the queue's) waiting line.
+`GET /health` answers 503 with the reasons when the API cannot score.
 """
 from __future__ import annotations
 
 import asyncio
 import base64
 import binascii
-import json
+import math
 import time
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -21,13 +27,17 @@ import redis
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from . import __version__, images, pipeline, queue, web
+from . import __version__, jsonbody, pipeline, queue, web
 from .config import Settings
 from .errors import ServiceUnavailable
+from .health import redact
+from .pool import PoolBusy, PoolClosed, ScoringPool
 from .result import NO_FACE, ImageResult
-from .worker import _init_process, _score_job
 
-DEFAULT_TIMEOUT_S = 30.0
+# Longer than a worker's lock (30 s) plus BullMQ's stalled-job check (30 s) plus scoring: the job
+# of a worker killed mid-image is re-run after its lock expires and still comes back in time.
+DEFAULT_TIMEOUT_S = 90.0
+WAITING_PER_SLOT = 4
 
 
 class ApiError(Exception):
@@ -36,154 +46,74 @@ class ApiError(Exception):
         self.status = status
 
 
-def _fail(status: int, message: str, data: dict[str, Any] | None = None) -> JSONResponse:
+class ClientGone(Exception):
+    """The client closed the connection before its answer was ready."""
+
+
+def _fail(status: int, message: str, data: dict[str, Any] | None = None,
+          retry_after: int | None = None) -> JSONResponse:
     body: dict[str, Any] = {"success": False, "error": message}
     if data is not None:
         body["data"] = data
-    return JSONResponse(body, status_code=status)
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
-class _Local:
-    """Scoring in this machine's processes, the models loaded once in each."""
+async def _unless_gone(request: Request, work: "asyncio.Future[Any]") -> Any:
+    """`work`'s result, or ClientGone (and `work` cancelled) as soon as the client disconnects."""
+    async def gone() -> None:
+        while True:
+            if (await request.receive())["type"] == "http.disconnect":
+                return
 
-    def __init__(self, settings: Settings, processes: int) -> None:
-        self.settings = settings
-        self.processes = processes
-        self.pool: ProcessPoolExecutor | None = None
-
-    async def score(self, image_b64: str) -> dict[str, Any]:
-        if self.pool is None:
-            self.pool = ProcessPoolExecutor(max_workers=self.processes, initializer=_init_process,
-                                            initargs=(self.settings,))
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.pool, _score_job, image_b64, "", self.settings.max_image_bytes)
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=False, cancel_futures=True)
+    watch = asyncio.ensure_future(gone())
+    try:
+        done, _ = await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if work in done:
+            return work.result()
+        work.cancel()
+        await asyncio.gather(work, return_exceptions=True)
+        raise ClientGone()
+    finally:
+        watch.cancel()
 
 
-class _Queue:
-    """One Queue, one QueueEvents and one plain client (three connections) for the app's life;
-    each request waits on a future its job's event resolves, with a read of the job every second
-    in case the event was missed (Redis restarted, or the job finished before we listened)."""
+class Admission:
+    """Counts the requests in flight; says how long a refused one should wait."""
 
-    def __init__(self, settings: Settings, timeout_s: float) -> None:
-        self.settings = settings
-        self.timeout_s = timeout_s
-        self.client: Any = None
-        self.bull: Any = None
-        self.events: Any = None
-        self.waiters: dict[str, list[asyncio.Future[tuple[str, Any]]]] = {}
-        self._workers: tuple[float, list[dict[str, Any]]] = (0.0, [])
+    def __init__(self) -> None:
+        self.inflight = 0
+        self.service_s = 0.5  # moving average of one image's scoring time, for Retry-After
 
-    async def workers(self) -> list[dict[str, Any]]:
-        """Live workers, cached for a second so a burst of requests costs one SCAN."""
-        seen, workers = self._workers
-        if time.monotonic() - seen > 1.0:
-            if self.client is None:
-                self.client = queue.async_client(self.settings, timeout=2.0)
-            workers = await queue.live_workers_async(self.client, self.settings.queue)
-            self._workers = (time.monotonic(), workers)
-        return workers
+    def retry_after(self, slots: int) -> int:
+        return max(1, math.ceil(self.service_s * (self.inflight + 1) / max(1, slots)))
 
-    def _events_alive(self) -> bool:
-        task = getattr(self.events, "_consumer_task", None)
-        return self.events is not None and task is not None and not task.done()
-
-    async def _ensure(self) -> None:
-        from bullmq import Queue, QueueEvents
-
-        if self.bull is None:
-            self.bull = Queue(self.settings.queue, queue.bull_opts(self.settings))
-        if not self._events_alive():
-            if self.events is not None:
-                await queue.close_events(self.events)
-            self.events = QueueEvents(self.settings.queue, queue.bull_opts(self.settings, blockingTimeout=2000))
-            self.events.on("completed", lambda a, _id: self._resolve(a.get("jobId"), "completed", a.get("returnvalue")))
-            self.events.on("failed", lambda a, _id: self._resolve(a.get("jobId"), "failed", a.get("failedReason")))
-            self.events.on("error", lambda *_: None)
-
-    def _resolve(self, jid: str | None, state: str, value: Any) -> None:
-        for fut in self.waiters.get(jid or "", []):
-            if not fut.done():
-                fut.set_result((state, value))
-
-    async def _read(self, jid: str) -> tuple[str, Any] | None:
-        key = f"{queue.PREFIX}:{self.settings.queue}:{jid}"
-        stamp, finished, returned, reason, atm, made, opts = await self.client.hmget(
-            key, "timestamp", "finishedOn", "returnvalue", "failedReason", "atm", "attemptsMade", "opts")
-        if stamp is None:
-            return ("lost", None)
-        if not finished:
-            return None
-        if returned not in (None, ""):
-            return ("completed", json.loads(returned))
-        try:
-            attempts = int(json.loads(opts or "{}").get("attempts") or 1)
-        except ValueError:
-            attempts = 1
-        # Failed before its last attempt: the worker said it was unrecoverable (a bad image).
-        return ("rejected" if int(atm or made or 0) < attempts else "failed", reason or "failed")
-
-    async def score(self, data: bytes, digest: str) -> tuple[str, Any]:
-        workers = await self.workers()
-        if not workers:
-            raise queue.NoWorker(f"no live worker on queue {self.settings.queue!r}")
-        await self._ensure()
-        jid = queue.job_id(digest, queue.model_version(workers, self.settings))
-        fut: asyncio.Future[tuple[str, Any]] = asyncio.get_running_loop().create_future()
-        self.waiters.setdefault(jid, []).append(fut)
-        try:
-            await queue._enqueue(self.bull, self.client, [queue._job_spec(jid, data, "", False, "api")])
-            deadline = time.monotonic() + self.timeout_s
-            while True:
-                state = await self._read(jid)
-                if state is not None and state[0] == "lost":  # Redis restarted under us
-                    await queue._enqueue(self.bull, self.client, [queue._job_spec(jid, data, "", False, "api")])
-                elif state is not None:
-                    return state
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"no result within {self.timeout_s:.0f} s")
-                try:
-                    state = await asyncio.wait_for(asyncio.shield(fut), timeout=min(1.0, left))
-                except asyncio.TimeoutError:
-                    await self._ensure()
-                    continue
-                if state[0] == "failed":
-                    state = await self._read(jid) or state  # tell a rejected image from a failure
-                return state
-        finally:
-            self.waiters[jid].remove(fut)
-            if not self.waiters[jid]:
-                del self.waiters[jid]
-
-    async def close(self) -> None:
-        if self.events is not None:
-            await queue.close_events(self.events)
-        if self.bull is not None:
-            try:
-                await self.bull.close()
-            except Exception:
-                pass
-        if self.client is not None:
-            await self.client.aclose()
+    def took(self, seconds: float) -> None:
+        self.service_s = 0.8 * self.service_s + 0.2 * seconds
 
 
 def create_app(settings: Settings | None = None, via: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
-               processes: int = 0) -> FastAPI:
+               processes: int = 0, max_waiting: int | None = None) -> FastAPI:
+    """The app. `processes` (0: settings.api_processes, else one per core) score for --via local;
+    `max_waiting` (None: settings.api_max_waiting, else 4 per slot) requests may wait beyond
+    those being scored."""
     settings = settings or Settings.load()
     via = (via or settings.via).lower()
-    local = _Local(settings, processes or pipeline.default_jobs())
-    remote = _Queue(settings, timeout_s)
+    processes = processes or settings.api_processes or pipeline.default_jobs()
+    if max_waiting is None:
+        max_waiting = settings.api_max_waiting or WAITING_PER_SLOT * processes
+    pool = ScoringPool(settings, processes, max_waiting=max_waiting)
+    jobs = queue.JobClient(settings)
+    admission = Admission()
     max_body = settings.max_image_bytes * 4 // 3 + 64 * 1024
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        if via == "local":
+            pool.start()  # the models load while the port opens; /health says when they are ready
         yield
-        await remote.close()
-        local.close()
+        await jobs.close()
+        await asyncio.to_thread(pool.close, 5.0)
 
     app = FastAPI(title="facescore API", version=__version__, lifespan=lifespan,
                   description="The original system's endpoint: POST /api/score with {\"image\": \"<base64>\"}.")
@@ -201,9 +131,9 @@ def create_app(settings: Settings | None = None, via: str | None = None, timeout
         if not body.strip():
             raise ApiError(400, 'no body: send JSON {"image": "<base64>"}')
         try:
-            payload = json.loads(body)
-        except ValueError:
-            raise ApiError(400, 'body is not JSON: send {"image": "<base64>"}') from None
+            payload = jsonbody.loads(body)
+        except jsonbody.MalformedJSON as exc:
+            raise ApiError(400, f'body is not JSON ({exc}): send {{"image": "<base64>"}}') from None
         if not isinstance(payload, dict) or not isinstance(payload.get("image"), str) or not payload["image"].strip():
             raise ApiError(400, 'missing "image": send {"image": "<base64>"}')
         text = payload["image"].strip()
@@ -221,13 +151,19 @@ def create_app(settings: Settings | None = None, via: str | None = None, timeout
             raise ApiError(413, f"image is over the {settings.max_image_bytes / (1024 * 1024):.1f} MB cap")
         return text, data
 
-    async def choose() -> str:
-        if via != "auto":
-            return via
+    async def choose() -> tuple[str, int]:
+        """("local" | "queue", its scoring slots)."""
+        if via == "local":
+            return "local", processes
         try:
-            return "queue" if await remote.workers() else "local"
+            workers = await jobs.workers()
         except (redis.RedisError, OSError):
-            return "local"
+            if via == "queue":
+                raise
+            workers = []
+        if workers or via == "queue":
+            return "queue", sum(int(w.get("concurrency") or 1) for w in workers)
+        return "local", processes
 
     def answer(data: dict[str, Any]) -> JSONResponse:
         data = ImageResult.from_data("", data).to_data()  # the contract's fields, without embeddings
@@ -235,39 +171,93 @@ def create_app(settings: Settings | None = None, via: str | None = None, timeout
             return _fail(422, NO_FACE, data)
         return JSONResponse({"success": True, "data": data})
 
-    @app.post("/api/score")
-    async def score(request: Request) -> JSONResponse:
-        """Score the image in `{"image": "<base64>"}` (a data URL works too)."""
+    async def score_local(request: Request, text: str) -> JSONResponse:
         try:
-            text, data = await read_image(request)
-        except ApiError as exc:
-            return _fail(exc.status, str(exc))
-        mode = await choose()
-        if mode == "local":
-            out = await local.score(text)
-            if out["kind"] == "image":
-                return _fail(422, out["error"])
-            if out["kind"] == "failed":
-                return _fail(500, out["error"])
-            return answer(out["data"])
+            out = await _unless_gone(request, asyncio.wrap_future(pool.submit_encoded(text)))
+        except PoolBusy as exc:
+            return _fail(503, f"busy: {exc}", retry_after=admission.retry_after(processes))
+        except PoolClosed as exc:
+            return _fail(503, f"shutting down: {exc}", retry_after=5)
+        if out["kind"] == "image":
+            return _fail(422, out["error"])
+        if out["kind"] in ("failed", "crashed"):
+            return _fail(500, out["error"])
+        return answer(out["data"])
+
+    async def score_queue(request: Request, data: bytes) -> JSONResponse:
         try:
-            state, value = await remote.score(data, images.sha256(data))
+            state, value = await _unless_gone(request, asyncio.ensure_future(jobs.score(data, timeout_s)))
         except (ServiceUnavailable, TimeoutError) as exc:
-            return _fail(503, str(exc))
+            return _fail(503, str(exc), retry_after=admission.retry_after(1))
         except (redis.RedisError, OSError) as exc:
-            return _fail(503, f"the queue does not answer: {exc}")
+            return _fail(503, f"the queue does not answer: {exc}", retry_after=5)
         if state == "completed":
             return answer(value if isinstance(value, dict) else {})
         if state == "rejected":
             return _fail(422, str(value))
         return _fail(500, str(value))
 
-    @app.get("/health")
-    async def health() -> dict[str, Any]:
+    @app.post("/api/score")
+    async def score(request: Request) -> JSONResponse:
+        """Score the image in `{"image": "<base64>"}` (a data URL works too)."""
         try:
-            workers = len(await remote.workers()) if via != "local" else None
-        except (redis.RedisError, OSError):
-            workers = None
-        return {"status": "ok", "version": __version__, "via": via, "workers": workers}
+            mode, slots = await choose()
+        except (redis.RedisError, OSError) as exc:
+            return _fail(503, f"the queue does not answer: {exc}", retry_after=5)
+        if admission.inflight >= slots + max_waiting:  # refused before reading the body
+            return _fail(503, f"busy: {admission.inflight} request(s) in flight for {slots} scoring slot(s); "
+                              f"try again later", retry_after=admission.retry_after(slots))
+        admission.inflight += 1
+        start = time.perf_counter()
+        try:
+            text, data = await read_image(request)
+            response = await (score_local(request, text) if mode == "local" else score_queue(request, data))
+            if response.status_code in (200, 422):
+                admission.took((time.perf_counter() - start) * max(1, slots) / admission.inflight)
+            return response
+        except ApiError as exc:
+            return _fail(exc.status, str(exc))
+        except ClientGone:
+            return _fail(499, "the client closed the connection")  # nobody reads it; logs do
+        finally:
+            admission.inflight -= 1
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        """200 when the API can score now, else 503 with the reasons in `problems`."""
+        problems: list[str] = []
+        body: dict[str, Any] = {"version": __version__, "via": via, "in_flight": admission.inflight,
+                                "max_in_flight_beyond_slots": max_waiting}
+        local_ok = False
+        if via != "queue":
+            started = pool.started
+            status = pool.status()
+            body["local"] = {**status.to_json(), "started": started, "pids": pool.pids()}
+            local_ok = status.can_score or (via == "auto" and not started)  # auto starts it on first use
+            if not local_ok:
+                problems.append(f"no scoring process is ready ({status.ready}/{status.processes}"
+                                + (f"; {status.restarts} restarted; last: {status.last_error}" if status.restarts
+                                   or status.last_error else "; loading the models") + ")")
+        queue_ok = False
+        if via != "local":
+            info: dict[str, Any] = {"redis": redact(settings.redis_url), "queue": settings.queue}
+            try:
+                info["redis_ms"] = round(await jobs.ping(), 1)
+                workers = await jobs.workers(max_age_s=0.0)
+                info["workers"] = len(workers)
+                info["slots"] = sum(int(w.get("concurrency") or 1) for w in workers)
+                queue_ok = bool(workers)
+                if not workers:
+                    info["problem"] = f"no live worker on queue {settings.queue!r}"
+            except (redis.RedisError, OSError) as exc:
+                info["problem"] = f"Redis does not answer: {exc}"
+            body["queue"] = info
+            if via == "queue" and not queue_ok:
+                problems.append(info["problem"])
+            elif via == "auto" and not queue_ok and not local_ok:
+                problems.append(info["problem"])
+        can = (local_ok if via == "local" else queue_ok if via == "queue" else local_ok or queue_ok)
+        body.update(status="ok" if can else "unavailable", can_score=can, problems=problems)
+        return JSONResponse(body, status_code=200 if can else 503)
 
     return app

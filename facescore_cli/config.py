@@ -48,6 +48,10 @@ class Settings:
     max_image_bytes: int = 40 * 1024 * 1024
     max_image_pixels: int = 60_000_000
     head_path: Path | None = None
+    # `serve api`: scoring processes for --via local (0 = one per core), and how many requests may
+    # wait beyond those that are being scored before the API answers 503 (0 = 4 per process).
+    api_processes: int = 0
+    api_max_waiting: int = 0
 
     @classmethod
     def load(cls, environ: dict[str, str] | None = None, dotenv: Path | None = Path(".env")) -> "Settings":
@@ -68,6 +72,10 @@ class Settings:
             raise ConfigError(f"ML_SERVICE_TIMEOUT={timeout} must be a positive number of milliseconds")
         home = get("FACESCORE_HOME") or str(Path.home() / ".local" / "share" / "facescore")
         head = get("FACESCORE_HEAD") or None
+        api_processes = int(_num("FACESCORE_API_PROCESSES", get("FACESCORE_API_PROCESSES") or "0", int))
+        api_max_waiting = int(_num("FACESCORE_API_MAX_WAITING", get("FACESCORE_API_MAX_WAITING") or "0", int))
+        if api_processes < 0 or api_max_waiting < 0:
+            raise ConfigError("FACESCORE_API_PROCESSES and FACESCORE_API_MAX_WAITING must be 0 or more")
         return cls(
             redis_url=get("REDIS_URL") or "redis://localhost:6379",
             face_detection_service=(get("FACE_DETECTION_SERVICE") or None),
@@ -86,4 +94,6 @@ class Settings:
             max_image_bytes=int(_num("FACESCORE_MAX_IMAGE_BYTES", get("FACESCORE_MAX_IMAGE_BYTES", str(40 * 1024 * 1024)), int)),
             max_image_pixels=int(_num("FACESCORE_MAX_IMAGE_PIXELS", get("FACESCORE_MAX_IMAGE_PIXELS", "60000000"), int)),
             head_path=Path(head).expanduser() if head else None,
+            api_processes=api_processes,
+            api_max_waiting=api_max_waiting,
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -336,15 +337,24 @@ def _port_flag(url: str, default: int) -> str:
 
 
 def redact(url: str) -> str:
-    """The URL without its password, fit to print."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host += f":{parts.port}"
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
+    """The URL without its password, fit to print: `redis://:***@host`, also for a password
+    written in the user position (`redis://PASSWORD@host`, which Redis users do: a Redis
+    URL's lone userinfo is a secret more often than a name) and in `?password=`."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        return re.sub(r"//[^/@]*@", "//***@", url)  # unparseable: hide any userinfo
+    query = re.sub(r"(?i)((?:^|&)password=)[^&]*", r"\1***", parts.query)
+    if "@" not in parts.netloc:
+        return urlunsplit(parts._replace(query=query))
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, colon, _password = userinfo.partition(":")
+    if colon:
+        userinfo = f"{user}:***"
+    elif parts.scheme.startswith("redis"):
+        userinfo = "***"
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{hostport}", query=query))
 
 
 def _since(start: float) -> float:

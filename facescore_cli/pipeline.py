@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import os
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Settings
 from .images import is_image_path
+from .pool import ScoringPool, warm_up
 from .result import ImageResult
 from .scoring import Scorer
 
@@ -59,69 +58,37 @@ def default_jobs() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-_scorer: Scorer | None = None
-
-
-def _init_process(settings: Settings) -> None:
-    global _scorer
-    _scorer = Scorer.from_settings(settings)
-    for link in _scorer.chain:
-        warm = getattr(link, "warm_up", None)
-        if warm:
-            warm()
-
-
-def _score_item(item: Item) -> ImageResult:
-    assert _scorer is not None, "process not initialised"
-    return _scorer.score_file(item.path, item.display)
-
-
 def score_items(items: list[Item], settings: Settings, jobs: int) -> Iterator[ImageResult]:
     """Yield one ImageResult per item as soon as it is ready (not in input order).
 
-    With jobs > 1 the models load once in each of N processes; a window of work keeps memory
-    flat for 100k files. When a process dies (a native crash), the images in flight are retried
-    once in a fresh pool; an image that is in flight for two crashes comes back as an error row.
+    With jobs > 1 the models load once in each process of a `ScoringPool`; a window of work keeps
+    memory flat for 100k files. A process that dies is replaced and its image retried once (an
+    image that crashes two processes comes back as an error row); closing the generator early,
+    or the death of this process, stops the scoring processes.
     """
     if not items:
         return
     jobs = max(1, min(jobs, len(items)))
     if jobs == 1:
-        _init_process(settings)
+        scorer = Scorer.from_settings(settings)
+        warm_up(scorer)
         for item in items:
-            yield _score_item(item)
+            yield scorer.score_file(item.path, item.display)
         return
-    pending: deque[Item] = deque(items)
-    crashes: dict[Item, int] = {}
+    todo = iter(items)
     window = jobs * 4
-    while pending:
-        pool = ProcessPoolExecutor(max_workers=jobs, initializer=_init_process, initargs=(settings,))
-        inflight: dict[Future[ImageResult], Item] = {}
-        broken = False
-        try:
-            while (pending or inflight) and not broken:
-                while pending and len(inflight) < window:
-                    item = pending.popleft()
-                    inflight[pool.submit(_score_item, item)] = item
-                done, _ = wait(inflight, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    item = inflight.pop(fut)
-                    try:
-                        yield fut.result()
-                    except BrokenProcessPool:
-                        broken = True
-                        inflight[fut] = item  # handled with the rest below
-                    except Exception as exc:
-                        yield ImageResult(path=item.display, error=f"{type(exc).__name__}: {exc}")
-            if broken:
-                for item in inflight.values():
-                    crashes[item] = crashes.get(item, 0) + 1
-                    if crashes[item] >= 2:
-                        yield ImageResult(path=item.display, error="the scoring process crashed on this image")
-                    else:
-                        pending.appendleft(item)
-        finally:
-            pool.shutdown(wait=not broken, cancel_futures=True)
+    with ScoringPool(settings, jobs) as pool:
+        inflight: set[Future[ImageResult]] = set()
+        while True:
+            for item in todo:
+                inflight.add(pool.submit_file(item.path, item.display))
+                if len(inflight) >= window:
+                    break
+            if not inflight:
+                return
+            done, inflight = wait(inflight, return_when=FIRST_COMPLETED)
+            for fut in done:
+                yield fut.result()
 
 
 def score_all(items: list[Item], settings: Settings, jobs: int,

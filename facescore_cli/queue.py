@@ -35,6 +35,7 @@ import redis.asyncio as aredis
 from . import images
 from .config import Settings
 from .errors import ImageError, ServiceUnavailable
+from .health import redact
 from .result import ImageResult
 
 PREFIX = "bull"  # BullMQ's default key prefix: a Node producer with default options finds our queue
@@ -66,11 +67,6 @@ class NoWorker(ServiceUnavailable):
 # -- Redis connections and liveness -----------------------------------------------------------
 
 
-def _safe_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    return re.sub(r"//([^:@/]*):[^@/]*@", r"//\1:***@", url)
-
-
 def redis_client(settings: Settings, timeout: float = 3.0) -> redis.Redis:
     """A plain synchronous client with short timeouts, for quick checks (never for BullMQ)."""
     return redis.Redis.from_url(settings.redis_url, socket_connect_timeout=timeout, socket_timeout=timeout,
@@ -95,7 +91,7 @@ def ping(settings: Settings, timeout: float = 2.0) -> float:
         client.ping()
         return (time.perf_counter() - start) * 1000.0
     except redis.RedisError as exc:
-        raise QueueUnavailable(f"Redis at {_safe_url(settings.redis_url)} does not answer: {exc}") from None
+        raise QueueUnavailable(f"Redis at {redact(settings.redis_url)} does not answer: {exc}") from None
     finally:
         client.close()
 
@@ -124,7 +120,7 @@ def live_workers(settings: Settings, timeout: float = 2.0) -> list[dict[str, Any
         keys = list(client.scan_iter(match=WORKER_KEY + "*", count=200))
         return _parse_workers(client.mget(keys) if keys else [], settings.queue)
     except redis.RedisError as exc:
-        raise QueueUnavailable(f"Redis at {_safe_url(settings.redis_url)} does not answer: {exc}") from None
+        raise QueueUnavailable(f"Redis at {redact(settings.redis_url)} does not answer: {exc}") from None
     finally:
         client.close()
 
@@ -145,7 +141,7 @@ def choose_via(settings: Settings, via: str) -> tuple[str, str]:
         if via == "queue":
             raise
         return "local", f"via auto: scoring locally ({exc})"
-    where = f"queue {settings.queue!r} at {_safe_url(settings.redis_url)}"
+    where = f"queue {settings.queue!r} at {redact(settings.redis_url)}"
     if not workers:
         if via == "queue":
             raise NoWorker(f"no live worker on {where}; start one with `facescore worker` or use --via local")
@@ -250,7 +246,7 @@ async def load_batch(settings: Settings, batch_id: str) -> Batch:
             raise KeyError(batch_id)
         raw = await client.lrange(BATCH_KEY + batch_id + ":items", 0, -1)
     except redis.RedisError as exc:
-        raise QueueUnavailable(f"Redis at {_safe_url(settings.redis_url)} does not answer: {exc}") from None
+        raise QueueUnavailable(f"Redis at {redact(settings.redis_url)} does not answer: {exc}") from None
     finally:
         await client.aclose()
     return Batch(id=batch_id, queue=meta.get("queue", settings.queue), model=meta.get("model", ""),
@@ -267,7 +263,7 @@ async def _ttl_or_default(settings: Settings, batch_id: str) -> int:
     return ttl if ttl and ttl > 0 else KEEP_RESULTS_S
 
 
-def _job_spec(jid: str, data: bytes, filename: str, store: bool, batch_id: str) -> dict[str, Any]:
+def job_spec(jid: str, data: bytes, filename: str, store: bool, batch_id: str) -> dict[str, Any]:
     return {
         "name": JOB_NAME,
         "data": {"image": base64.b64encode(data).decode("ascii"), "filename": filename, "store": store,
@@ -276,7 +272,7 @@ def _job_spec(jid: str, data: bytes, filename: str, store: bool, batch_id: str) 
     }
 
 
-async def _enqueue(queue: Any, client: aredis.Redis, specs: list[dict[str, Any]]) -> None:
+async def enqueue(queue: Any, client: aredis.Redis, specs: list[dict[str, Any]]) -> None:
     """addBulk, after removing failed jobs of the same ids so they are scored again."""
     ids = [s["opts"]["jobId"] for s in specs]
     async with client.pipeline(transaction=False) as pipe:
@@ -325,20 +321,20 @@ async def submit(items: Iterable[tuple[Path, str]], settings: Settings, *, store
             if entry.job in queued:
                 continue
             queued.add(entry.job)
-            specs.append(_job_spec(entry.job, data, Path(shown).name, store, batch.id))
+            specs.append(job_spec(entry.job, data, Path(shown).name, store, batch.id))
             size += len(data)
             # The first chunks are small so the workers start at once; later ones fill up to
             # CHUNK_BYTES, so a 100k batch costs few round trips and never sits in memory whole.
             if size >= CHUNK_BYTES or len(specs) >= first_chunk:
-                await _enqueue(queue, client, specs)
+                await enqueue(queue, client, specs)
                 specs, size = [], 0
                 first_chunk *= 4
         if specs:
-            await _enqueue(queue, client, specs)
+            await enqueue(queue, client, specs)
         await _save_batch(client, batch)
         return batch
     except redis.RedisError as exc:
-        raise QueueUnavailable(f"Redis at {_safe_url(settings.redis_url)} does not answer: {exc}") from None
+        raise QueueUnavailable(f"Redis at {redact(settings.redis_url)} does not answer: {exc}") from None
     finally:
         await queue.close()
         await client.aclose()
@@ -366,6 +362,39 @@ async def close_events(events: Any) -> None:
     except Exception:
         pass
     events.closed = True
+
+
+async def read_jobs(client: aredis.Redis, queue: str, ids: list[str]) -> list[tuple[str, str, Any]]:
+    """(job id, state, value) for each id, in one pipelined read per 500 ids. State: "completed"
+    (value: the return value), "failed" (its last attempt failed), "rejected" (failed before its
+    last attempt: the worker said no attempt can help, a bad image), "lost" (Redis has no such
+    job: it restarted without persistence, or the job expired) or "open" (waiting or running)."""
+    out = []
+    for i in range(0, len(ids), 500):
+        chunk = ids[i:i + 500]
+        async with client.pipeline(transaction=False) as pipe:
+            for jid in chunk:
+                pipe.hmget(f"{PREFIX}:{queue}:{jid}", "timestamp", "finishedOn", "returnvalue", "failedReason",
+                           "atm", "attemptsMade", "opts")
+            rows = await pipe.execute()
+        for jid, (stamp, finished, returned, reason, atm, made, opts) in zip(chunk, rows):
+            if stamp is None and finished is None:
+                out.append((jid, "lost", None))
+            elif finished and returned not in (None, ""):
+                try:
+                    out.append((jid, "completed", json.loads(returned)))
+                except ValueError:
+                    out.append((jid, "failed", "the worker returned malformed JSON"))
+            elif finished:
+                try:
+                    attempts = int(json.loads(opts or "{}").get("attempts") or 1)
+                except (ValueError, AttributeError):
+                    attempts = 1
+                early = int(atm or made or 0) < attempts
+                out.append((jid, "rejected" if early else "failed", reason or "failed"))
+            else:
+                out.append((jid, "open", None))
+    return out
 
 
 def _from_job(path: str, returned: Any, entry: Entry) -> ImageResult:
@@ -398,30 +427,6 @@ class _Collector:
         self.arrived: asyncio.Queue[tuple[str, str, Any]] = asyncio.Queue()
         self.last_event = "0-0"
 
-    async def _read_jobs(self, client: aredis.Redis, ids: list[str]) -> list[tuple[str, str, Any]]:
-        """(job, "completed" | "failed" | "lost" | "open", value) for each id."""
-        out = []
-        for i in range(0, len(ids), 500):
-            chunk = ids[i:i + 500]
-            async with client.pipeline(transaction=False) as pipe:
-                for jid in chunk:
-                    pipe.hmget(f"{PREFIX}:{self.batch.queue}:{jid}", "timestamp", "finishedOn", "returnvalue",
-                               "failedReason")
-                rows = await pipe.execute()
-            for jid, (stamp, finished, returned, reason) in zip(chunk, rows):
-                if stamp is None and finished is None:
-                    out.append((jid, "lost", None))
-                elif finished and returned not in (None, ""):
-                    try:
-                        out.append((jid, "completed", json.loads(returned)))
-                    except ValueError:
-                        out.append((jid, "failed", "the worker returned malformed JSON"))
-                elif finished:
-                    out.append((jid, "failed", reason or "failed"))
-                else:
-                    out.append((jid, "open", None))
-        return out
-
     def _on_completed(self, args: dict[str, Any], entry_id: str) -> None:
         self.last_event = entry_id
         if args.get("jobId") in self.open:
@@ -448,7 +453,7 @@ class _Collector:
             except ImageError as exc:
                 gone.append((jid, "failed", f"the job was lost by Redis and the file cannot be read again: {exc}"))
                 continue
-            specs.append(_job_spec(jid, data, Path(entry.path).name, self.batch.store, self.batch.id))
+            specs.append(job_spec(jid, data, Path(entry.path).name, self.batch.store, self.batch.id))
         if specs:
             await queue.addBulk(specs)
         return gone
@@ -489,10 +494,11 @@ class _Collector:
                             events.on("completed", self._on_completed)
                             events.on("failed", self._on_failed)
                             events.on("error", lambda *_: None)
-                            states = await self._read_jobs(client, list(self.open))
+                            states = await read_jobs(client, self.batch.queue, list(self.open))
                             lost = [j for j, s, _ in states if s == "lost"]
-                            for item in [s for s in states if s[1] in ("completed", "failed")]:
-                                self.arrived.put_nowait(item)
+                            for jid, state, value in states:
+                                if state in ("completed", "failed", "rejected"):
+                                    self.arrived.put_nowait((jid, state, value))
                             if lost:
                                 self.warn(f"Redis lost {len(lost)} job(s) (restarted without persistence?): "
                                           f"adding them again")
@@ -517,7 +523,7 @@ class _Collector:
                             redis_down_since = now
                             self.warn(f"Redis does not answer ({exc}); waiting for it to come back")
                         elif now - redis_down_since >= self.redis_grace_s:
-                            raise QueueUnavailable(f"Redis at {_safe_url(self.settings.redis_url)} has not "
+                            raise QueueUnavailable(f"Redis at {redact(self.settings.redis_url)} has not "
                                                    f"answered for {self.redis_grace_s:.0f} s") from None
                         need_read = True
                         next_check = now + 0.5
@@ -571,6 +577,133 @@ async def collect(batch: Batch, settings: Settings, *, wait: bool = True, warn: 
     finally:
         if pending is not None:
             pending.extend(collector.pending())
+
+
+class JobClient:
+    """Submit one image and wait for its result, for a long-lived process (the API): one Queue,
+    one QueueEvents and one plain client (three connections) for its whole life, whatever the
+    number of requests. Each wait is woken by its job's event, and reads the job every second in
+    case the event was missed (Redis restarted, or the job finished before we listened); a job
+    Redis lost is added again."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.client: aredis.Redis | None = None
+        self.bull: Any = None
+        self.events: Any = None
+        self.waiters: dict[str, list[asyncio.Future[tuple[str, Any]]]] = {}
+        self._workers: tuple[float, list[dict[str, Any]]] = (0.0, [])
+
+    def _client(self) -> aredis.Redis:
+        if self.client is None:
+            self.client = async_client(self.settings, timeout=2.0)
+        return self.client
+
+    async def workers(self, max_age_s: float = 1.0) -> list[dict[str, Any]]:
+        """Live workers, cached for `max_age_s` so a burst of requests costs one SCAN."""
+        seen, workers = self._workers
+        if time.monotonic() - seen > max_age_s:
+            workers = await live_workers_async(self._client(), self.settings.queue)
+            self._workers = (time.monotonic(), workers)
+        return workers
+
+    async def ping(self) -> float:
+        """Round trip to Redis in milliseconds (raises redis.RedisError / OSError)."""
+        start = time.perf_counter()
+        await self._client().ping()
+        return (time.perf_counter() - start) * 1000.0
+
+    def _events_alive(self) -> bool:
+        task = getattr(self.events, "_consumer_task", None)
+        return self.events is not None and task is not None and not task.done()
+
+    async def _ensure(self) -> None:
+        from bullmq import Queue, QueueEvents
+
+        if self.bull is None:
+            self.bull = Queue(self.settings.queue, bull_opts(self.settings))
+        if not self._events_alive():
+            if self.events is not None:
+                await close_events(self.events)
+            self.events = QueueEvents(self.settings.queue, bull_opts(self.settings, blockingTimeout=2000))
+            self.events.on("completed", lambda a, _id: self._resolve(a.get("jobId"), "completed", a.get("returnvalue")))
+            self.events.on("failed", lambda a, _id: self._resolve(a.get("jobId"), "failed", a.get("failedReason")))
+            self.events.on("error", lambda *_: None)
+
+    def _resolve(self, jid: str | None, state: str, value: Any) -> None:
+        for fut in self.waiters.get(jid or "", []):
+            if not fut.done():
+                fut.set_result((state, value))
+
+    async def _read(self, jid: str) -> tuple[str, Any]:
+        _, state, value = (await read_jobs(self._client(), self.settings.queue, [jid]))[0]
+        return state, value
+
+    async def score(self, data: bytes, timeout_s: float, filename: str = "", store: bool = False,
+                    batch_id: str = "api") -> tuple[str, Any]:
+        """Enqueue `data` (unless the same image is already queued or done) and wait for it:
+        ("completed", return value) | ("rejected", reason: a bad image) | ("failed", reason).
+        Raises NoWorker, TimeoutError, or redis.RedisError / OSError when Redis does not answer.
+        Cancel the awaiting task and a job nobody else waits for is removed if it has not started."""
+        workers = await self.workers()
+        if not workers:
+            raise NoWorker(f"no live worker on queue {self.settings.queue!r}")
+        await self._ensure()
+        jid = job_id(images.sha256(data), model_version(workers, self.settings))
+        fut: asyncio.Future[tuple[str, Any]] = asyncio.get_running_loop().create_future()
+        self.waiters.setdefault(jid, []).append(fut)
+        finished = False
+        try:
+            spec = job_spec(jid, data, filename, store, batch_id)
+            await enqueue(self.bull, self._client(), [spec])
+            deadline = time.monotonic() + timeout_s
+            while True:
+                state, value = await self._read(jid)
+                if state == "lost":  # Redis restarted under us
+                    await enqueue(self.bull, self._client(), [spec])
+                elif state != "open":
+                    finished = True
+                    return state, value
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no result within {timeout_s:.0f} s")
+                try:
+                    await asyncio.wait_for(asyncio.shield(fut), timeout=min(1.0, left))
+                except asyncio.TimeoutError:
+                    await self._ensure()
+                    continue
+                # The event said it finished; the read above tells a rejected image from a failure.
+                # Should it still say "open", wait for the next event or second, not spin.
+                self.waiters[jid].remove(fut)
+                fut = asyncio.get_running_loop().create_future()
+                self.waiters[jid].append(fut)
+        finally:
+            self.waiters[jid].remove(fut)
+            if not self.waiters[jid]:
+                del self.waiters[jid]
+                if not finished:
+                    await self._forget(jid)
+
+    async def _forget(self, jid: str) -> None:
+        """Remove a job that has not started (BullMQ refuses a locked one): nobody waits for it."""
+        try:
+            processed = await asyncio.shield(self._client().hget(f"{PREFIX}:{self.settings.queue}:{jid}",
+                                                                 "processedOn"))
+            if processed is None and self.bull is not None:
+                await asyncio.shield(self.bull.remove(jid))
+        except Exception:  # best effort: at worst the image is scored and its result kept
+            pass
+
+    async def close(self) -> None:
+        if self.events is not None:
+            await close_events(self.events)
+        if self.bull is not None:
+            try:
+                await self.bull.close()
+            except Exception:
+                pass
+        if self.client is not None:
+            await self.client.aclose()
 
 
 # -- synchronous helpers for the CLI ----------------------------------------------------------

@@ -1,10 +1,12 @@
-"""The worker loop: take `score` jobs from the BullMQ queue, score them in a process pool, return
+"""The worker loop: take `score` jobs from the BullMQ queue, score them in a `ScoringPool`, return
 `ImageResult.to_data()`.
 
-Lifecycle, in one place: `start` (process pool with the models loaded once per process, the
+Lifecycle, in one place: `start` (the scoring pool with the models loaded once per process, the
 BullMQ worker, the heartbeat), `process` (one job: validate, score off the event loop, log one
 JSON line), `stop` (on SIGINT/SIGTERM: take no new job, finish in-flight ones within the grace
-period, then release the rest to BullMQ's stalled-job check).
+period, then release the rest to BullMQ's stalled-job check). A scoring process that dies is
+replaced by the pool, which retries its image once; the pool's processes die with the worker,
+SIGKILL included.
 
 Inference never runs on the event loop, so the lock renewal and the heartbeat keep their time
 whatever the models do.
@@ -12,74 +14,23 @@ whatever the models do.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import json
 import os
 import signal
 import sys
 import time
 import uuid
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 from . import pipeline, queue
 from .config import Settings
-from .result import NO_FACE
+from .health import redact
+from .pool import READY_TIMEOUT_S, PoolClosed, ScoringPool
 
 DEFAULT_LOCK_MS = 30_000
 DEFAULT_STALLED_MS = 30_000
 DEFAULT_GRACE_S = 30.0
-
-
-# -- in the pool processes --------------------------------------------------------------------
-
-
-def _init_process(settings: Settings) -> None:
-    # Ctrl-C reaches the whole process group; the parent decides when the children stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        pipeline._init_process(settings)
-    except Exception:
-        # A link that cannot warm up fails per image instead, and the chain falls back as
-        # configured; a pool whose initializer raised would fail every job, fallback or not.
-        from .scoring import Scorer
-
-        pipeline._scorer = Scorer.from_settings(settings)
-
-
-def _model_version() -> str:
-    scorer = pipeline._scorer
-    assert scorer is not None, "process not initialised"
-    return queue.local_model_version(scorer.settings)
-
-
-def _score_job(image_b64: str, filename: str, max_bytes: int) -> dict[str, Any]:
-    """Decode and score one job's image. Returns {"kind": "ok" | "image" | "failed", ...}."""
-    scorer = pipeline._scorer
-    assert scorer is not None, "process not initialised"
-    image_b64 = image_b64.strip()
-    if image_b64.startswith("data:") and "," in image_b64:  # a data URL, as browsers send them
-        image_b64 = image_b64.split(",", 1)[1]
-    if len(image_b64) // 4 * 3 > max_bytes + 3:
-        mb = len(image_b64) // 4 * 3 / (1024 * 1024)
-        return {"kind": "image", "error": f"image is {mb:.1f} MB, over the {max_bytes / (1024 * 1024):.1f} MB cap"}
-    try:
-        data = base64.b64decode(image_b64, validate=True)
-    except (binascii.Error, ValueError):
-        return {"kind": "image", "error": "job data 'image' is not valid base64"}
-    result = scorer.score_bytes(data, filename)
-    if result.error and result.width is None:  # refused before any pixel was decoded: the input's fault
-        return {"kind": "image", "error": result.error, "sha256": result.sha256}
-    if result.failed:
-        return {"kind": "failed", "error": result.error, "sha256": result.sha256}
-    out = result.to_data()
-    out["embeddings"] = result.embeddings or []
-    if result.error == NO_FACE:
-        out["error"] = NO_FACE
-    return {"kind": "ok", "data": out, "ms": result.elapsed_ms}
 
 
 # -- the worker -------------------------------------------------------------------------------
@@ -109,7 +60,7 @@ class FaceWorker:
         self.processed = 0
         self.failed = 0
         self.started = time.time()
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool: ScoringPool | None = None
         self._bull: Any = None
         self._stop = asyncio.Event()
         self._redis: Any = None
@@ -137,12 +88,12 @@ class FaceWorker:
     async def start(self) -> None:
         from bullmq import UnrecoverableError, Worker
 
-        self._pool = self._new_pool()
-        loop = asyncio.get_running_loop()
+        self._pool = ScoringPool(self.settings, self.concurrency).start()
         # Loads the models in every process before the first job is taken.
-        versions = await asyncio.gather(*[loop.run_in_executor(self._pool, _model_version)
-                                          for _ in range(self.concurrency)])
-        self.model = versions[0]
+        if not await asyncio.to_thread(self._pool.wait_ready, READY_TIMEOUT_S):
+            self._pool.close(0.0)
+            raise RuntimeError(f"the scoring processes did not start: {self._pool.status().last_error}")
+        self.model = queue.local_model_version(self.settings)
         self._redis = queue.async_client(self.settings)
         await self._beat()
         self._bull = Worker(self.settings.queue, self.process, queue.bull_opts(
@@ -165,7 +116,7 @@ class FaceWorker:
                       if isinstance(err, UnrecoverableError) else None)
         self._bull.on("stalled", lambda jid, *a: self._log("stalled", job=jid))
         self._log("started", concurrency=self.concurrency, model=self.model, queue=self.settings.queue,
-                  redis=queue._safe_url(self.settings.redis_url), lock_ms=self.lock_ms, stalled_ms=self.stalled_ms)
+                  redis=redact(self.settings.redis_url), lock_ms=self.lock_ms, stalled_ms=self.stalled_ms)
 
     def stop_soon(self) -> None:
         self._stop.set()
@@ -186,16 +137,8 @@ class FaceWorker:
         if self._tidying:
             await asyncio.wait(self._tidying, timeout=5)
         if self._pool is not None:
-            procs = list((getattr(self._pool, "_processes", None) or {}).values())
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            for proc in procs:
-                if proc.is_alive():
-                    proc.terminate()
+            await asyncio.to_thread(self._pool.close, 2.0)  # what still runs was released above
         self._log("stopped", processed=self.processed, failed=self.failed)
-
-    def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=self.concurrency, initializer=_init_process,
-                                   initargs=(self.settings,))
 
     # one job -----------------------------------------------------------------------------------
 
@@ -208,13 +151,12 @@ class FaceWorker:
                                 "filename": (job.data or {}).get("filename") if isinstance(job.data, dict) else None}
         try:
             image, filename = self._validate(job)
+            assert self._pool is not None, "worker not started"
             try:
-                out = await asyncio.get_running_loop().run_in_executor(
-                    self._pool, _score_job, image, filename, self.settings.max_image_bytes)
-            except BrokenProcessPool:
-                self._pool = self._new_pool()
-                raise TransientError("a scoring process died on this job") from None
-            if out["kind"] == "image":
+                out = await asyncio.wrap_future(self._pool.submit_encoded(image, filename))
+            except PoolClosed:
+                raise TransientError("the worker stopped while scoring this job") from None
+            if out["kind"] in ("image", "crashed"):  # crashed twice: a third process would too
                 raise UnrecoverableError(out["error"])
             if out["kind"] == "failed":
                 raise TransientError(out["error"])

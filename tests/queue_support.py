@@ -132,3 +132,54 @@ def small_faces(omi: Path, out: Path, n: int, side: int = 256) -> list[Path]:
 def run_cli(args: list[str], env: dict[str, str], timeout: float = 120.0, cwd: Path | None = None
             ) -> subprocess.CompletedProcess:
     return subprocess.run(CLI + args, env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid`, from /proc."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                if int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(d))
+            except (OSError, ValueError, IndexError):
+                continue
+    return out
+
+
+def wait_until(cond, timeout: float, what: str) -> None:
+    """Poll `cond` every 50 ms; AssertionError naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"not within {timeout} s: {what}")
+
+
+def scoring_children(pid: int) -> list[int]:
+    """The children of `pid` that are scoring processes (not multiprocessing's resource tracker)."""
+    out = []
+    for kid in children(pid):
+        try:
+            if b"spawn_main" in Path(f"/proc/{kid}/cmdline").read_bytes():
+                out.append(kid)
+        except OSError:
+            continue
+    return out
+
+
+def big_photo(src: Path, dst: Path, side: int = 5000) -> Path:
+    """A real photo upscaled to side x side: about a second of scoring, to catch a process at it."""
+    with Image.open(src) as im:
+        im.convert("RGB").resize((side, side)).save(dst, quality=90)
+    return dst

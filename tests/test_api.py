@@ -2,18 +2,23 @@
 the workers. The app runs for real (in-process through httpx, and once under uvicorn)."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
+import os
+import signal
 import subprocess
 import time
 
 import httpx
 import pytest
+import redis
 from fastapi.testclient import TestClient
 
 from conftest import free_port, wait_for_port
 from facescore_cli.api import create_app
-from queue_support import CLI, WorkerProc, base_env, settings_for, wait_live
+from queue_support import (CLI, WorkerProc, alive, base_env, big_photo, children, settings_for, small_faces,
+                           wait_live, wait_until)
 
 
 def _b64(path) -> str:
@@ -104,3 +109,264 @@ def test_through_the_workers_under_uvicorn(redis_server, portrait, tmp_path):
             w.stop()
         api.terminate()
         api.wait(15)
+
+
+# --- malformed JSON: the documented error shape, a 4xx, never a plain-text 500 ---------------
+
+MALFORMED = [
+    b"[" * 1000 + b"]" * 1000,  # nested 1000 deep (an uncaught RecursionError before)
+    b'{"image": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+    b'{"image": 1e999999}',  # read as infinity by json.loads
+    b'{"image": ' + b"9" * 100_000 + b"}",  # 10**100000: over Python's int-string limit
+    b'{"image": "\xff\xfe"}',  # not UTF-8
+    b'{"image": "AAAA", "image": "BBBB"}',  # duplicate keys: which one is meant?
+    b'{"image": NaN}',
+    b'{"image": -Infinity}',
+]
+
+
+@pytest.mark.parametrize("body", MALFORMED, ids=["deep", "deep-inside", "1e999999", "100k-digits", "utf8",
+                                                 "duplicate-key", "nan", "infinity"])
+def test_malformed_json_is_400_with_the_error_shape(local_client, body):
+    r = local_client.post("/api/score", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert r.json()["success"] is False and "not JSON" in r.json()["error"]
+
+
+def test_default_wait_outlasts_a_killed_workers_lock():
+    from facescore_cli import api, worker
+
+    assert api.DEFAULT_TIMEOUT_S > (worker.DEFAULT_LOCK_MS + worker.DEFAULT_STALLED_MS) / 1000 + 10
+
+
+# --- under uvicorn: overload, abandoned requests, crashes, signals, /health -----------------
+
+
+class Api:
+    """`facescore serve api` in a subprocess, on a free port."""
+
+    def __init__(self, env: dict[str, str], *args: str) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen(CLI + ["serve", "api", "--port", str(self.port), *args], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.url = f"http://127.0.0.1:{self.port}"
+        wait_for_port(self.port, 60)
+
+    def health(self) -> httpx.Response:
+        return httpx.get(self.url + "/health", timeout=10)
+
+    def wait_ready(self) -> dict:
+        wait_until(lambda: self.health().status_code == 200, 120, "/health 200")
+        return self.health().json()
+
+    def __enter__(self) -> "Api":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@pytest.fixture()
+def big_b64(portrait, tmp_path) -> str:
+    """A real photo large enough to keep one scoring process busy for a while."""
+    return _b64(big_photo(portrait, tmp_path / "big.jpg"))
+
+
+def test_local_overload_gets_503_with_retry_after_before_the_admitted_finish(redis_server, portrait, big_b64, tmp_path):
+    env = base_env(redis_server.url, tmp_path / "home")
+    with Api(env, "--via", "local", "--jobs", "1", "--max-waiting", "1") as api:
+        api.wait_ready()
+        url = api.url + "/api/score"
+
+        async def burst() -> list[tuple[int, float, dict, httpx.Headers]]:
+            async with httpx.AsyncClient(timeout=120) as client:
+                async def post(image: str) -> tuple[int, float, dict, httpx.Headers]:
+                    r = await client.post(url, json={"image": image})
+                    return r.status_code, time.monotonic(), r.json(), r.headers
+
+                slow = asyncio.ensure_future(post(big_b64))
+                await asyncio.sleep(0.5)  # admitted and being scored
+                rest = await asyncio.gather(*[post(_b64(portrait)) for _ in range(10)])
+                return [await slow, *rest]
+
+        out = asyncio.run(burst())
+        statuses = [s for s, *_ in out]
+        assert statuses[0] == 200
+        refused = [o for o in out if o[0] == 503]
+        assert len(refused) >= 8  # 1 scoring + 1 waiting admitted; the rest refused
+        assert all(200 == s for s, *_ in out if s != 503)
+        for status, done_at, body, headers in refused:
+            assert body["success"] is False and "busy" in body["error"]
+            assert int(headers["retry-after"]) >= 1
+            assert done_at < out[0][1]  # answered while the admitted image was still being scored
+
+
+def test_abandoned_requests_are_never_scored(redis_server, portrait, big_b64, tmp_path):
+    env = base_env(redis_server.url, tmp_path / "home")
+    with Api(env, "--via", "local", "--jobs", "1", "--max-waiting", "10") as api:
+        api.wait_ready()
+        url = api.url + "/api/score"
+
+        async def scene() -> int:
+            async with httpx.AsyncClient(timeout=120) as client:
+                # three big photos (about a second each) ahead of the requests that will give up
+                slow = [asyncio.ensure_future(client.post(url, json={"image": big_b64})) for _ in range(3)]
+                await asyncio.sleep(0.5)
+
+                async def abandon() -> None:
+                    try:
+                        async with httpx.AsyncClient(timeout=0.5) as c:
+                            await c.post(url, json={"image": _b64(portrait)})
+                    except httpx.TimeoutException:
+                        pass
+
+                await asyncio.gather(*[abandon() for _ in range(6)])
+                assert [r.status_code for r in await asyncio.gather(*slow)] == [200] * 3
+                return (await client.post(url, json={"image": _b64(portrait)})).status_code
+
+        assert asyncio.run(scene()) == 200
+        local = api.health().json()["local"]
+        assert local["scored"] == 4, local  # the big photos and the last one; none of the six abandoned
+        assert local["waiting"] == 0 and local["running"] == 0
+
+
+def test_kill9_of_a_scoring_process_health_tells_and_the_api_scores_on(redis_server, portrait, tmp_path):
+    env = base_env(redis_server.url, tmp_path / "home")
+    api = Api(env, "--via", "local", "--jobs", "1")
+    try:
+        [pid] = api.wait_ready()["local"]["pids"]
+        os.kill(pid, signal.SIGKILL)
+        seen = []
+        while len(seen) < 400:  # until it is back; the replacement loads its models meanwhile
+            r = api.health()
+            seen.append(r.status_code)
+            if r.status_code == 200 and seen.count(503):
+                break
+            time.sleep(0.05)
+        assert 503 in seen, "never said it could not score while the process was replaced"
+        assert seen[-1] == 200
+        health = api.health().json()
+        assert health["local"]["restarts"] == 1 and health["local"]["pids"] != [pid] and not alive(pid)
+        assert "exited with -9" in health["local"]["last_error"]
+        r = httpx.post(api.url + "/api/score", json={"image": _b64(portrait)}, timeout=60)
+        assert r.status_code == 200 and r.json()["success"] is True
+    finally:
+        api.stop()
+
+
+def test_health_503_and_reasons_when_it_cannot_score(redis_server, tmp_path):
+    env = base_env(redis_server.url, tmp_path / "home")
+    api = Api(env, "--via", "queue")
+    try:
+        r = api.health()
+        assert r.status_code == 503 and r.json()["can_score"] is False
+        assert "no live worker" in r.json()["problems"][0]
+    finally:
+        api.stop()
+    env = base_env(f"redis://:s3cret@127.0.0.1:{free_port()}", tmp_path / "home")  # nothing listens there
+    for via in ("queue", "auto"):
+        api = Api(env, "--via", via)
+        try:
+            r = api.health()
+            if via == "queue":
+                assert r.status_code == 503 and "Redis does not answer" in r.json()["problems"][0]
+            else:  # scores locally, and says Redis is away
+                assert r.status_code == 200 and "Redis does not answer" in r.json()["queue"]["problem"]
+            assert "s3cret" not in r.text
+        finally:
+            api.stop()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_signals_leave_no_scoring_process(redis_server, tmp_path, sig):
+    env = base_env(redis_server.url, tmp_path / "home")
+    api = Api(env, "--via", "local", "--jobs", "2")
+    try:
+        pids = api.wait_ready()["local"]["pids"]
+        kids = children(api.proc.pid)
+        assert set(pids) <= set(kids)
+        os.kill(api.proc.pid, sig)
+        api.proc.wait(20)
+        wait_until(lambda: not any(alive(p) for p in kids), 5, f"children gone after {sig.name}")
+    finally:
+        api.stop()
+
+
+def test_queue_job_of_a_killed_worker_comes_back_within_the_wait(redis_server, big_b64, tmp_path):
+    env = base_env(redis_server.url, tmp_path / "home")
+    a = WorkerProc(env, tmp_path / "a.log", lock_ms=2000, stalled_ms=1000)
+    api = Api(env, "--via", "queue", "--timeout", "60")
+    b = None
+    try:
+        a.wait_started()
+        wait_live(env)
+        time.sleep(1.1)  # the app caches the worker list for a second
+        kids = children(a.proc.pid)
+
+        async def scene() -> httpx.Response:
+            async with httpx.AsyncClient(timeout=90) as client:
+                req = asyncio.ensure_future(client.post(api.url + "/api/score", json={"image": big_b64}))
+                await asyncio.sleep(1.0)  # `a`, the only worker, holds the job
+                a.kill9()
+                await asyncio.sleep(0.5)
+                nonlocal b
+                b = WorkerProc(env, tmp_path / "b.log", lock_ms=2000, stalled_ms=1000)
+                return await req
+
+        r = asyncio.run(scene())
+        assert r.status_code == 200, r.text
+        assert b.events("completed") and not a.events("completed")
+        wait_until(lambda: not any(alive(p) for p in kids), 5, "the killed worker's scoring processes gone")
+    finally:
+        api.stop()
+        a.stop()
+        if b:
+            b.stop()
+
+
+def test_queue_jobs_of_abandoned_requests_are_removed_before_a_worker_takes_them(redis_server, omi_dir, portrait,
+                                                                               tmp_path):
+    env = base_env(redis_server.url, tmp_path / "home")
+    bigs = [_b64(big_photo(portrait, tmp_path / f"big{i}.jpg", side=5000 - 10 * i)) for i in range(3)]
+    smalls = [_b64(p) for p in small_faces(omi_dir, tmp_path / "small", 6)]
+    w = WorkerProc(env, tmp_path / "w.log", concurrency=1)  # takes up to 2 jobs at a time
+    try:
+        w.wait_started()
+        wait_live(env)
+        with Api(env, "--via", "queue") as api:
+            api.wait_ready()
+            url = api.url + "/api/score"
+
+            async def scene() -> None:
+                async with httpx.AsyncClient(timeout=120) as client:
+                    slow = [asyncio.ensure_future(client.post(url, json={"image": b})) for b in bigs]
+                    await asyncio.sleep(0.5)
+
+                    async def abandon(image: str) -> None:
+                        try:
+                            async with httpx.AsyncClient(timeout=0.5) as c:
+                                await c.post(url, json={"image": image})
+                        except httpx.TimeoutException:
+                            pass
+
+                    await asyncio.gather(*[abandon(s) for s in smalls])
+                    assert [r.status_code for r in await asyncio.gather(*slow)] == [200] * 3
+
+            asyncio.run(scene())
+            time.sleep(2.0)  # whatever the worker had already taken finishes
+            done = {e["job"] for e in w.events("completed")}
+            assert len(done) <= 3 + 1, done  # the big ones, and at most one taken ahead while they ran
+            settings = settings_for(env)
+            left = redis.Redis.from_url(settings.redis_url).llen(f"bull:{settings.queue}:wait")
+            assert left == 0
+    finally:
+        w.stop()

@@ -183,3 +183,25 @@ def test_password_and_tls_redis_url(portrait, tmp_path):
             w.stop()
         server.terminate()
         server.wait(10)
+
+
+@pytest.mark.parametrize("url,shown", [
+    ("redis://PASSWORD@127.0.0.1:6379/0", "redis://***@127.0.0.1:6379/0"),  # a password in the user position
+    ("redis://:PASSWORD@h:1", "redis://:***@h:1"),
+    ("rediss://user:PASSWORD@h/0?password=PASSWORD&db=1", "rediss://user:***@h/0?password=***&db=1"),
+    ("redis://localhost:6379", "redis://localhost:6379"),
+    ("http://user@qdrant:6333", "http://user@qdrant:6333"),  # http's lone userinfo is a name
+    ("redis://PASSWORD@h:notaport", "redis://***@h:notaport"),
+])
+def test_urls_are_printed_without_their_password(url, shown):
+    from facescore_cli.health import redact
+
+    assert redact(url) == shown
+
+
+def test_health_and_worker_never_print_a_password_in_the_user_position(tmp_path, portrait):
+    env = base_env(f"redis://PASSWORD@127.0.0.1:{free_port()}", tmp_path / "home")  # nothing listens
+    for args in (["health", "--json"], ["health"], ["worker"], ["submit", str(portrait)]):
+        res = run_cli(args, env, timeout=60)
+        said = res.stdout + res.stderr
+        assert "PASSWORD" not in said and "***@127.0.0.1" in said.replace("\n", ""), (args, said)

@@ -250,6 +250,22 @@ def test_bad_image_or_json_is_422(pair, body, ctype):
     assert r.json()["detail"]
 
 
+@pytest.mark.parametrize("body", [
+    b"[" * 1000 + b"]" * 1000,  # an uncaught RecursionError, a plain-text 500, before
+    b'{"image": "AAAA", "faces": ' + b"[" * 3000 + b"]" * 3000 + b"}",
+    b'{"image": 1e999999, "faces": []}',
+    b'{"image": "AAAA", "faces": [' + b"9" * 100_000 + b"]}",
+    b'{"image": "\xff\xfe", "faces": []}',
+    b'{"image": "AAAA", "image": "BBBB", "faces": []}',
+    b'{"image": "AAAA", "faces": [NaN]}',
+], ids=["deep", "deep-inside", "1e999999", "100k-digits", "utf8", "duplicate-key", "nan"])
+def test_malformed_json_is_422_with_the_error_model(pair, body):
+    for svc, path in zip(pair, ("/detect", "/embed")):
+        r = httpx.post(svc.url + path, content=body, headers={**svc.headers, "Content-Type": "application/json"})
+        assert r.status_code == 422, (path, r.text)
+        assert r.json()["detail"].startswith("malformed JSON"), r.text
+
+
 def test_bad_faces_are_422(pair, group_bytes):
     _, emb = pair
     for faces in ([{"box": [1, 2, 3]}], "nope", [{"box": [1, 2, 3, 4], "landmarks": [[1, 2]]}]):

@@ -5,6 +5,8 @@ import asyncio
 import base64
 import csv
 import json
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -14,7 +16,8 @@ import redis
 
 from conftest import RedisServer
 from facescore_cli import queue
-from queue_support import CLI, WorkerProc, base_env, run_cli, settings_for, small_faces, wait_live
+from queue_support import (CLI, WorkerProc, alive, base_env, big_photo, children, run_cli, scoring_children,
+                           settings_for, small_faces, wait_live, wait_until)
 
 
 @pytest.fixture(scope="module")
@@ -211,3 +214,44 @@ def test_sigterm_finishes_in_flight_jobs_and_leaves_the_heartbeat(redis_server, 
             w2.stop()
     finally:
         w.stop()
+
+
+def test_kill9_of_a_scoring_process_the_worker_scores_on(redis_server, portrait, tmp_path):
+    env = base_env(redis_server.url, tmp_path / "home")
+    settings = settings_for(env)
+    w = WorkerProc(env, tmp_path / "w.log", concurrency=1)
+    try:
+        w.wait_started()
+        [pid] = scoring_children(w.proc.pid)
+        bigs = [base64.b64encode(big_photo(portrait, tmp_path / f"big{i}.jpg", 5000 - 10 * i).read_bytes()).decode()
+                for i in range(3)]  # about 3 s of work: the kill comes while one is being scored
+        asyncio.run(_add(settings, [(queue.JOB_NAME, {"image": b}, {"jobId": f"big{i}"}) for i, b in enumerate(bigs)]))
+        time.sleep(0.5)
+        assert not w.events("completed")
+        os.kill(pid, signal.SIGKILL)
+        _wait_completed([w], 3)
+        done = w.events("completed")
+        assert [e["attempt"] for e in done] == [1, 1, 1] and all(e["faces"] == 1 for e in done)  # retried in the pool
+        [new] = scoring_children(w.proc.pid)
+        assert new != pid and not alive(pid)
+        asyncio.run(_add(settings, [(queue.JOB_NAME, {"image": base64.b64encode(portrait.read_bytes()).decode()},
+                                     {"jobId": "small"})]))
+        _wait_completed([w], 4)
+    finally:
+        w.stop()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_signals_of_the_worker_leave_no_process(redis_server, tmp_path, sig):
+    env = base_env(redis_server.url, tmp_path / "home")
+    w = WorkerProc(env, tmp_path / "w.log", concurrency=2)
+    try:
+        w.wait_started()
+        kids = children(w.proc.pid)
+        assert len(scoring_children(w.proc.pid)) == 2
+        os.kill(w.proc.pid, sig)
+        w.proc.wait(30)
+        wait_until(lambda: not any(alive(p) for p in kids), 5, f"the worker's children gone after {sig.name}")
+    finally:
+        w.stop()
+

@@ -45,6 +45,7 @@ def submit(
     from .. import queue
     from ..cli import collect_inputs, read_inputs
     from ..errors import ServiceUnavailable
+    from ..health import redact
 
     settings = settings_or_exit()
     choice = via_choice(settings, via)
@@ -52,7 +53,7 @@ def submit(
         fail("submit puts images on the queue; --via local makes no sense here (use score or batch)")
     given = read_inputs(inputs, null)
     items, _ = collect_inputs(given)
-    where = f"queue {settings.queue!r} at {queue._safe_url(settings.redis_url)}"
+    where = f"queue {settings.queue!r} at {redact(settings.redis_url)}"
     try:
         workers = queue.live_workers(settings)
         if not workers and choice != "queue":
@@ -209,15 +210,22 @@ def api(
     port: int = typer.Option(3000, "--port", help="Port to listen on."),
     via: Optional[str] = typer.Option(None, "--via", help="auto | local | queue (env FACESCORE_VIA): who scores.",
                                       show_default=False, metavar="auto|local|queue"),
-    timeout: float = typer.Option("30s", "--timeout", parser=duration, metavar="DURATION",
-                                  help="How long a request waits for a worker's result."),
+    timeout: float = typer.Option("90s", "--timeout", parser=duration, metavar="DURATION",
+                                  help="How long a request waits for a worker's result; keep it over the workers' "
+                                       "--lock-duration + --stalled-interval, so a job of a killed worker comes back."),
+    jobs: int = typer.Option(0, "--jobs", "-j", "--processes", min=0, metavar="N",
+                             help="Scoring processes for --via local (0 = FACESCORE_API_PROCESSES, else one per core)."),
+    max_waiting: int = typer.Option(0, "--max-waiting", min=0, metavar="N",
+                                    help="Requests that may wait beyond those being scored before the answer is 503 "
+                                         "with Retry-After (0 = FACESCORE_API_MAX_WAITING, else 4 per scoring slot)."),
     log_level: LogLevel = typer.Option(LogLevel.info, "--log-level", help="uvicorn's log level."),
 ) -> None:
     """The original REST endpoint: POST /api/score with {"image": "<base64>"}.
 
     Answers {"success": true, "data": {"score", "vibe", "rank", "faces", ...}} or
     {"success": false, "error": ...} with 400 (bad request), 413 (too big), 422 (not an image,
-    no face), 503 (no worker, timeout) or 500.
+    no face), 503 (busy, no worker, timeout; with Retry-After) or 500. GET /health is 503 with
+    the reasons when the API cannot score.
 
     [bold]Examples[/bold]
 
@@ -228,16 +236,17 @@ def api(
     """
     import uvicorn
 
-    from .. import queue
     from ..api import create_app
+    from ..health import redact
 
     settings = settings_or_exit()
     choice = via_choice(settings, via)
     err.print(f"[dim]via {choice}: "
               + ("scoring in this machine's processes" if choice == "local" else
-                 f"queue {settings.queue!r} at {queue._safe_url(settings.redis_url)}"
+                 f"queue {settings.queue!r} at {redact(settings.redis_url)}"
                  + (", local when no worker is alive" if choice == "auto" else "")) + "[/dim]", highlight=False)
-    uvicorn.run(create_app(settings, choice, timeout), host=host, port=port, access_log=False, log_level=log_level.value,
+    app = create_app(settings, choice, timeout, processes=jobs, max_waiting=max_waiting or None)
+    uvicorn.run(app, host=host, port=port, access_log=False, log_level=log_level.value,
                 timeout_graceful_shutdown=5)
 
 

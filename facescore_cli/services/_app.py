@@ -8,7 +8,6 @@ import base64
 import binascii
 import concurrent.futures
 import hmac
-import json
 import logging
 import os
 import sys
@@ -22,7 +21,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from .. import __version__, images
+from .. import __version__, images, jsonbody
 from ..config import Settings
 from ..errors import ImageError
 
@@ -177,8 +176,8 @@ class Service:
 
 def parse_json(body: bytes) -> dict[str, Any]:
     try:
-        obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        obj = jsonbody.loads(body)
+    except jsonbody.MalformedJSON as exc:
         raise HTTPException(422, f"malformed JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise HTTPException(422, "the JSON body must be an object")

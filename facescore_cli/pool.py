@@ -1,0 +1,474 @@
+"""One owner for the scoring processes: `batch`, `worker` and `serve api --via local` all score
+through a `ScoringPool`.
+
+Each process loads the models once and scores one image at a time; a thread of the owner feeds
+it over a pipe. What the pool guarantees, and `concurrent.futures.ProcessPoolExecutor` does not:
+
+- a process that dies (a native crash, the OOM killer, `kill -9`) is replaced, and the image it
+  held is tried once more in the new one; a second crash on it gives that image an error result.
+  The other processes and their images are not disturbed;
+- work that has not started can be cancelled (`Future.cancel()`), so an image nobody waits for
+  any more is never scored; `max_waiting` bounds what may wait at all (`PoolBusy` beyond it);
+- no process outlives its owner by more than about a second, even after SIGKILL of the owner:
+  the kernel sends it SIGKILL when the owning thread dies (prctl PR_SET_PDEATHSIG), and a thread
+  in it checks every second that its parent is still the one that started it (gunicorn's
+  "Parent changed, shutting down") for the cases prctl misses (not Linux, a race at start);
+- Ctrl-C reaches the whole process group, but only the owner decides: the processes ignore it.
+
+Processes start with `spawn`: a fresh interpreter, no copy of the owner's threads (uvicorn's,
+asyncio's, redis-py's) or locks. Loading the models dominates start-up either way (see
+docs/queue-and-api.md for the figures), and each process is started by its own feeding thread,
+which lives as long as the pool: the PDEATHSIG is tied to the thread that started the process.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import collections
+import ctypes
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import Settings
+from .errors import ServiceUnavailable
+from .result import NO_FACE, ImageResult
+
+CRASHED = "the scoring process crashed on this image"
+PARENT_CHECK_S = 1.0
+READY_TIMEOUT_S = 300.0  # loading the models on a busy 2-core machine
+
+
+class PoolBusy(ServiceUnavailable):
+    """More images are waiting than the pool's `max_waiting`; try again later."""
+
+
+class PoolClosed(ServiceUnavailable):
+    """The pool is shutting down; it takes no more work."""
+
+
+@dataclass(frozen=True)
+class PoolStatus:
+    processes: int  # how many the pool keeps
+    ready: int  # alive with their models loaded
+    running: int  # images being scored now
+    waiting: int  # images submitted, not yet started
+    restarts: int  # processes replaced since the start
+    scored: int  # images the processes have scored (cancelled ones never are)
+    last_error: str | None  # why the last one was replaced or could not start
+
+    @property
+    def can_score(self) -> bool:
+        return self.ready > 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"processes": self.processes, "ready": self.ready, "running": self.running,
+                "waiting": self.waiting, "restarts": self.restarts, "scored": self.scored, "last_error": self.last_error}
+
+
+# -- in the scoring processes -----------------------------------------------------------------
+
+
+def _die_with_parent(parent: int) -> None:
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                sys.stderr.write(f"facescore scoring process {os.getpid()}: parent changed, shutting down\n")
+                os._exit(1)
+            time.sleep(PARENT_CHECK_S)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def warm_up(scorer: Any) -> None:
+    """Load every link's models now, so the first image is not slow. A link that cannot warm up
+    fails per image instead, and the chain falls back as configured."""
+    for link in scorer.chain:
+        warm = getattr(link, "warm_up", None)
+        if warm:
+            try:
+                warm()
+            except Exception:  # refusing to start would fail every image, fallback or not
+                pass
+
+
+def _score_file(scorer: Any, path: str, display: str) -> ImageResult:
+    try:
+        return scorer.score_file(Path(path), display)
+    except Exception as exc:
+        return ImageResult(path=display, error=f"{type(exc).__name__}: {exc}")
+
+
+def _score_encoded(scorer: Any, image_b64: str, filename: str) -> dict[str, Any]:
+    """Decode and score one base64 image (a job's or a request's). Returns {"kind": "ok" |
+    "image" | "failed", ...}: "image" is the input's fault (no retry helps), "failed" is not."""
+    max_bytes = scorer.settings.max_image_bytes
+    image_b64 = image_b64.strip()
+    if image_b64.startswith("data:") and "," in image_b64:  # a data URL, as browsers send them
+        image_b64 = image_b64.split(",", 1)[1]
+    if len(image_b64) // 4 * 3 > max_bytes + 3:
+        mb = len(image_b64) // 4 * 3 / (1024 * 1024)
+        return {"kind": "image", "error": f"image is {mb:.1f} MB, over the {max_bytes / (1024 * 1024):.1f} MB cap"}
+    try:
+        data = base64.b64decode(image_b64, validate=True)
+    except (binascii.Error, ValueError):
+        return {"kind": "image", "error": "job data 'image' is not valid base64"}
+    try:
+        result = scorer.score_bytes(data, filename)
+    except Exception as exc:
+        return {"kind": "failed", "error": f"{type(exc).__name__}: {exc}"}
+    if result.error and result.width is None:  # refused before any pixel was decoded: the input's fault
+        return {"kind": "image", "error": result.error, "sha256": result.sha256}
+    if result.failed:
+        return {"kind": "failed", "error": result.error, "sha256": result.sha256}
+    out = result.to_data()
+    out["embeddings"] = result.embeddings or []
+    if result.error == NO_FACE:
+        out["error"] = NO_FACE
+    return {"kind": "ok", "data": out, "ms": result.elapsed_ms}
+
+
+_TASKS = {"file": _score_file, "encoded": _score_encoded}
+
+
+def _child_main(conn: Any, settings: Settings, parent: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the owner decides when we stop
+    _die_with_parent(parent)
+    try:
+        from .scoring import Scorer
+
+        scorer = Scorer.from_settings(settings)
+        warm_up(scorer)
+    except Exception as exc:
+        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", None))
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg is None:
+            return
+        kind, args = msg
+        conn.send(_TASKS[kind](scorer, *args))
+
+
+# -- in the owner -----------------------------------------------------------------------------
+
+
+class _Task:
+    __slots__ = ("kind", "args", "future", "crashes", "display", "started")
+
+    def __init__(self, kind: str, args: tuple[Any, ...], display: str) -> None:
+        self.kind = kind
+        self.args = args
+        self.future: Future[Any] = Future()
+        self.crashes = 0
+        self.display = display
+        self.started = False  # its future is running: it can no longer be cancelled
+
+    def crashed(self) -> Any:
+        if self.kind == "file":
+            return ImageResult(path=self.display, error=CRASHED)
+        return {"kind": "crashed", "error": CRASHED}
+
+
+class _Gone(Exception):
+    """The process died (or the pipe broke) while it held a task or while starting."""
+
+
+class ScoringPool:
+    """`processes` scoring processes, started at once (`start()`) or on first use.
+
+    `submit_file` / `submit_encoded` return a `concurrent.futures.Future` (wrap it with
+    `asyncio.wrap_future` in async code). Cancel it before it starts and the image is never
+    scored. They raise `PoolBusy` when `max_waiting` images already wait, `PoolClosed` after
+    `close()`. Use it as a context manager, or call `close()`.
+    """
+
+    def __init__(self, settings: Settings, processes: int, *, max_waiting: int | None = None,
+                 start_method: str = "spawn", ready_timeout_s: float = READY_TIMEOUT_S) -> None:
+        self.settings = settings
+        self.processes = max(1, processes)
+        self.max_waiting = max_waiting
+        self.ready_timeout_s = ready_timeout_s
+        if start_method not in ("spawn", "fork"):  # a forkserver's children have the server as parent
+            raise ValueError(f"start_method {start_method!r}: use spawn or fork")
+        self._ctx = multiprocessing.get_context(start_method)
+        self._lock = threading.Condition()
+        self._waiting: collections.deque[_Task] = collections.deque()
+        self._threads: list[threading.Thread] = []
+        self._pids: dict[int, int] = {}  # slot -> pid of its live process
+        self._busy: set[int] = set()  # slots scoring an image now
+        self._ready = 0
+        self._running = 0
+        self._restarts = 0
+        self._scored = 0
+        self._last_error: str | None = None
+        self._closing = False
+        self._owner = os.getpid()
+
+    # lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> "ScoringPool":
+        with self._lock:
+            if self._threads or self._closing:
+                return self
+            for slot in range(self.processes):
+                t = threading.Thread(target=self._feed, args=(slot,), name=f"scoring-{slot}", daemon=True)
+                self._threads.append(t)
+            for t in self._threads:
+                t.start()
+        return self
+
+    def wait_ready(self, timeout: float | None = None, n: int | None = None) -> bool:
+        """Block until `n` (default: all) processes have their models loaded; False on timeout
+        (`status().last_error` says why, when a process could not start)."""
+        self.start()
+        want = self.processes if n is None else n
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while self._ready < want:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._lock.wait(left if left is not None else 1.0)
+        return True
+
+    def close(self, grace_s: float = 5.0) -> None:
+        """Cancel what waits, let running images finish within `grace_s`, stop every process."""
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            while self._waiting:
+                task = self._waiting.popleft()
+                if not task.future.cancel() and not task.future.done():
+                    task.future.set_exception(PoolClosed("the scoring pool was closed"))
+            self._lock.notify_all()
+        deadline = time.monotonic() + grace_s
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        for pid in self.pids():  # still scoring after the grace period
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for t in self._threads:
+            t.join(5.0)
+
+    def __enter__(self) -> "ScoringPool":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @property
+    def started(self) -> bool:
+        return bool(self._threads)
+
+    def pids(self, busy: bool = False) -> list[int]:
+        """The live scoring processes; with busy=True those scoring an image now."""
+        with self._lock:
+            return sorted(pid for slot, pid in self._pids.items() if not busy or slot in self._busy)
+
+    def status(self) -> PoolStatus:
+        with self._lock:
+            return PoolStatus(self.processes, self._ready, self._running, len(self._waiting), self._restarts,
+                              self._scored, self._last_error)
+
+    # work --------------------------------------------------------------------------------------
+
+    def submit_file(self, path: Path | str, display: str) -> "Future[ImageResult]":
+        """Score a file; the result is an ImageResult (an error row when it cannot be scored)."""
+        return self._submit(_Task("file", (str(path), display), display))
+
+    def submit_encoded(self, image_b64: str, filename: str = "") -> "Future[dict[str, Any]]":
+        """Score a base64 image: {"kind": "ok", "data": ImageResult.to_data() + "embeddings"} or
+        {"kind": "image" | "failed" | "crashed", "error": ...}."""
+        return self._submit(_Task("encoded", (image_b64, filename), filename))
+
+    def _submit(self, task: _Task) -> Future[Any]:
+        self.start()
+        with self._lock:
+            if self._closing:
+                raise PoolClosed("the scoring pool is shutting down")
+            if self.max_waiting is not None and len(self._waiting) >= self.max_waiting:
+                raise PoolBusy(f"{len(self._waiting)} image(s) already waiting for {self.processes} "
+                               f"scoring process(es)")
+            self._waiting.append(task)
+            self._lock.notify()
+        return task.future
+
+    def _take(self) -> _Task | None:
+        """The next task nobody cancelled; None after a second without one (so the feeding
+        thread can look at its process) or when closing."""
+        with self._lock:
+            task = self._next_locked()
+            if task is None and not self._closing:
+                self._lock.wait(PARENT_CHECK_S)
+                task = self._next_locked()
+            return task
+
+    def _next_locked(self) -> _Task | None:
+        while self._waiting:
+            task = self._waiting.popleft()
+            # A retried task is already running; a cancelled one is dropped here, never scored.
+            if task.started or task.future.set_running_or_notify_cancel():
+                task.started = True
+                self._running += 1
+                return task
+        return None
+
+    # one feeding thread per process ------------------------------------------------------------
+
+    def _spawn(self, slot: int) -> tuple[Any, Any]:
+        parent_end, child_end = self._ctx.Pipe()
+        proc = self._ctx.Process(target=_child_main, args=(child_end, self.settings, self._owner),
+                                 name=f"facescore-scoring-{slot}", daemon=True)
+        proc.start()
+        child_end.close()
+        deadline = time.monotonic() + self.ready_timeout_s
+        while not parent_end.poll(0.2):
+            if self._closing or not proc.is_alive() or time.monotonic() > deadline:
+                self._stop(proc, parent_end, 0.0)
+                raise _Gone("exited while loading the models" if not self._closing else "closing")
+        try:
+            state, detail = parent_end.recv()
+        except (EOFError, OSError):
+            self._stop(proc, parent_end, 0.0)
+            raise _Gone("exited while loading the models") from None
+        if state != "ready":
+            self._stop(proc, parent_end, 0.0)
+            raise _Gone(f"could not load the models: {detail}")
+        return proc, parent_end
+
+    def _run(self, proc: Any, conn: Any, task: _Task) -> Any:
+        try:
+            conn.send((task.kind, task.args))
+            while not conn.poll(0.5):
+                if not proc.is_alive():
+                    raise _Gone(f"exited with {proc.exitcode}")
+            return conn.recv()
+        except (EOFError, OSError) as exc:
+            proc.join(1.0)
+            raise _Gone(f"exited with {proc.exitcode}" if proc.exitcode is not None else str(exc)) from None
+
+    def _feed(self, slot: int) -> None:
+        proc = conn = None
+        failures = 0
+        try:
+            while True:
+                if proc is None:
+                    if self._closing:
+                        return
+                    try:
+                        proc, conn = self._spawn(slot)
+                        failures = 0
+                    except Exception as exc:  # _Gone, or the process could not even start
+                        if self._closing:
+                            return
+                        failures += 1
+                        self._note(slot, None, f"scoring process {slot} {exc}", restarted=False)
+                        time.sleep(min(30.0, 0.5 * 2 ** failures))  # a broken install: do not spin
+                        continue
+                    with self._lock:
+                        self._pids[slot] = proc.pid
+                        self._ready += 1
+                        self._lock.notify_all()
+                task = self._take()
+                if task is None and self._closing:
+                    return
+                if not proc.is_alive():  # died while idle: replace it; the task is not to blame
+                    self._note(slot, proc, f"scoring process {proc.pid} exited with {proc.exitcode} while idle")
+                    proc = conn = None
+                    if task is not None:
+                        with self._lock:
+                            self._running -= 1
+                            self._waiting.appendleft(task)
+                            self._lock.notify()
+                    continue
+                if task is None:
+                    continue
+                with self._lock:
+                    self._busy.add(slot)
+                try:
+                    value = self._run(proc, conn, task)
+                except _Gone as exc:
+                    if self._closing:  # stopped by close() after its grace period
+                        self._note(slot, proc, None)
+                    else:
+                        self._note(slot, proc, f"scoring process {proc.pid} {exc} while scoring "
+                                               f"{task.display or 'an image'}")
+                    proc = conn = None
+                    with self._lock:
+                        self._busy.discard(slot)
+                        self._running -= 1
+                        task.crashes += 1
+                        if self._closing:  # not the image's fault: the owner may hand it to another
+                            task.future.set_exception(PoolClosed("the scoring pool was closed while scoring"))
+                        elif task.crashes >= 2:
+                            task.future.set_result(task.crashed())
+                        else:
+                            self._waiting.appendleft(task)  # once more, in a fresh process
+                            self._lock.notify()
+                    continue
+                with self._lock:
+                    self._busy.discard(slot)
+                    self._running -= 1
+                    self._scored += 1
+                task.future.set_result(value)
+        finally:
+            if proc is not None:
+                self._stop(proc, conn, 5.0)
+                with self._lock:
+                    self._pids.pop(slot, None)
+                    self._ready -= 1
+                    self._lock.notify_all()
+
+    def _note(self, slot: int, proc: Any, error: str | None, restarted: bool = True) -> None:
+        """Record the loss of a slot's process (error None: a stop, not a failure)."""
+        with self._lock:
+            if proc is not None:
+                self._pids.pop(slot, None)
+                self._ready -= 1
+                self._lock.notify_all()
+            if error is not None:
+                self._restarts += restarted
+                self._last_error = error
+        if proc is not None:
+            self._stop(proc, None, 0.0)
+        if error is not None:
+            sys.stderr.write(f"facescore: {error}; starting another\n")
+
+    @staticmethod
+    def _stop(proc: Any, conn: Any, grace_s: float) -> None:
+        if conn is not None:
+            try:
+                conn.send(None)
+            except (OSError, ValueError):
+                pass
+        proc.join(grace_s)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(2.0)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(2.0)
+        if conn is not None:
+            conn.close()
