@@ -17,8 +17,8 @@ from fastapi.testclient import TestClient
 
 from conftest import free_port, wait_for_port
 from facescore_cli.api import create_app
-from queue_support import (CLI, WorkerProc, alive, base_env, big_photo, children, settings_for, small_faces,
-                           wait_live, wait_until)
+from queue_support import (CLI, WorkerProc, alive, base_env, big_photo, children, scoring_children, settings_for,
+                           small_faces, wait_live, wait_until)
 
 
 def _b64(path) -> str:
@@ -311,6 +311,10 @@ def test_queue_job_of_a_killed_worker_comes_back_within_the_wait(redis_server, b
         wait_live(env)
         time.sleep(1.1)  # the app caches the worker list for a second
         kids = children(a.proc.pid)
+        # `a`'s scoring processes are stopped, so the job it takes can only come back through
+        # `b` after a's lock expires, however fast this machine scores (SIGKILL still ends them).
+        for pid in scoring_children(a.proc.pid):
+            os.kill(pid, signal.SIGSTOP)
 
         async def scene() -> httpx.Response:
             async with httpx.AsyncClient(timeout=90) as client:
