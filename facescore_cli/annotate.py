@@ -110,7 +110,7 @@ def annotate_result(result: ImageResult, out_dir: Path, source: Path | None = No
     if not result.faces:
         _write_atomic(target, lambda fh: fh.write(data))
         return target
-    decoded = images.decode(data, draft_min_side=None)  # full size: the boxes are in these pixels
+    decoded = images.decode(data, work_side=None)  # full size: the boxes are in these pixels
     fmt = Image.registered_extensions().get(target.suffix.lower(), "PNG")
     picture = draw(Image.fromarray(decoded.pixels), result.faces)
     _write_atomic(target, lambda fh: picture.save(fh, format=fmt, **_SAVE_OPTIONS.get(fmt, {})))

@@ -200,7 +200,7 @@ def _data_uri(img: Image.Image, quality: int) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _open(file: Path, sha256: str, draft: int | None) -> tuple[str, images.DecodedImage | None]:
+def _open(file: Path, sha256: str, work_side: int | None) -> tuple[str, images.DecodedImage | None]:
     if not file.is_file():  # gone, or a folder, a FIFO, /dev/zero: a results file is user data
         return MISSING, None
     try:
@@ -210,7 +210,7 @@ def _open(file: Path, sha256: str, draft: int | None) -> tuple[str, images.Decod
     if sha256 and images.sha256(data) != sha256:
         return CHANGED, None
     try:
-        return OK, images.decode(data, draft_min_side=draft)
+        return OK, images.decode(data, work_side=work_side)
     except ImageError:
         return UNREADABLE, None
 
@@ -398,7 +398,7 @@ def _faces_section(title: str, faces: list[Row], base: Path, key: str) -> str:
     decoded: dict[str, tuple[str, images.DecodedImage | None]] = {}
     for r in faces:
         if r.path not in decoded:  # a small face in a big photo needs the pixels the detector saw
-            decoded[r.path] = _open(_locate(base, r.path), r.sha256, images.DRAFT_MIN_SIDE)
+            decoded[r.path] = _open(_locate(base, r.path), r.sha256, images.WORK_SIDE)
         state, img = decoded[r.path]
         pic = f"<div class=gone>{_e(state)}</div>"
         if img is not None and r.box is not None:
