@@ -211,3 +211,11 @@ def test_cli_refuses_to_overwrite_reads_errors_and_writes_stdout(clean_env: Path
     assert "missing" in res.stdout
     res = runner.invoke(app, ["report", "r.csv", "--out", "old.html", "--force"])
     assert res.exit_code == 0 and Path("old.html").read_text().startswith("<!doctype html>")
+
+
+def test_the_command_default_for_top_is_the_report_modules() -> None:
+    """commands/report.py keeps its own copy so that `--help` imports no numpy; they must agree."""
+    from facescore_cli import report
+    from facescore_cli.commands import report as command
+
+    assert command.DEFAULT_TOP == report.DEFAULT_TOP

@@ -1,4 +1,7 @@
-"""`facescore report`: one self-contained HTML file from the results `batch` wrote."""
+"""`facescore report`: one self-contained HTML file from the results `batch` wrote.
+
+Like every command module, it imports only typer at the top: facescore_cli.report (numpy,
+Pillow) loads when the command runs, so `--help` stays fast."""
 from __future__ import annotations
 
 import sys
@@ -7,8 +10,9 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from .. import report as _report
 from ..console import err, fail
+
+DEFAULT_TOP = 12  # facescore_cli.report.DEFAULT_TOP, kept here so --help needs no numpy (tested)
 
 
 def report(
@@ -16,7 +20,7 @@ def report(
                                    show_default=False),
     out: Path = typer.Option(..., "--out", "-o", help="The HTML file to write (- for stdout)."),
     force: bool = typer.Option(False, "--force", help="Replace --out when it exists."),
-    top: int = typer.Option(_report.DEFAULT_TOP, "--top", min=0, max=500, help="How many top and bottom faces to show."),
+    top: int = typer.Option(DEFAULT_TOP, "--top", min=0, max=500, help="How many top and bottom faces to show."),
     base: Path = typer.Option(Path("."), "--base", help="The folder the results' relative paths start from "
                               "(where batch ran).", show_default=False),
     thumbs: bool = typer.Option(True, "--thumbs/--no-thumbs", help="Embed a small thumbnail of every image."),
@@ -41,6 +45,8 @@ def report(
         fail(f"--out must end in .html, not {out.name!r}")
     if not base.is_dir():
         fail(f"--base {base}: not a folder")
+    from .. import report as _report
+
     try:
         rows, bad = _report.load(results)
     except _report.ReportError as exc:
