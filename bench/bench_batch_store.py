@@ -15,8 +15,8 @@
     images/s of the first and the last thousand are compared (windows of 1000 rows, so that
     start-up is outside both).
 
-Wall times of whole commands (start-up included), best of the rounds, each with its spread
-(worst/best). The machine is shared: ratios are against the anchor measured in the same rounds.
+Wall times of whole commands (start-up included), best of the rounds with the spread, and the median
+of each round's own ratio to the anchor (--no-store, measured in the same rounds: the machine is shared).
 Every command runs --via local with --jobs = cores and dies with this process; each has a timeout.
 """
 from __future__ import annotations
@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -103,14 +104,18 @@ def rounds(variants: dict[str, object], n: int) -> dict[str, list[float]]:
 
 
 def table(title: str, times: dict[str, list[float]], anchor: str, per: int = 0) -> None:
+    """Best, spread, and two ratios to the anchor: of the bests, and the median of each round's
+    own ratio (the load of a shared machine drifts between rounds more than within one)."""
     base, _ = best_and_spread(times[anchor])
     print(f"\n{title}")
-    print(f"| run | best wall s | spread (worst/best) | {'images/s | ' if per else ''}vs {anchor} |")
-    print(f"|---|---:|---:|{'---:|' if per else ''}---:|")
+    print(f"| run | best wall s | spread (worst/best) | {'images/s | ' if per else ''}best vs best {anchor} | "
+          f"median of the rounds' ratios |")
+    print(f"|---|---:|---:|{'---:|' if per else ''}---:|---:|")
     for name, ts in times.items():
         best, spread = best_and_spread(ts)
         rate = f" {per / best:.2f} |" if per else ""
-        print(f"| {name} | {best:.2f} | {spread:.2f}x |{rate} {best / base:.3f}x |")
+        paired = statistics.median(t / a for t, a in zip(ts, times[anchor]))
+        print(f"| {name} | {best:.2f} | {spread:.2f}x |{rate} {best / base:.3f}x | {paired:.3f}x |")
 
 
 def part_a(args: argparse.Namespace, work: Path, big: Path | None) -> None:
