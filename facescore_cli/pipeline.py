@@ -34,7 +34,15 @@ def collect(inputs: Iterable[str]) -> Inputs:
     for given in inputs:
         p = Path(given)
         if p.is_dir():
-            for root, dirs, files in os.walk(p):
+            # Linked folders are followed (a photo library is often assembled from links), each
+            # real folder once, so a link that points back up cannot loop.
+            visited: set[str] = set()
+            for root, dirs, files in os.walk(p, followlinks=True):
+                real = os.path.realpath(root)
+                if real in visited:
+                    dirs[:] = []
+                    continue
+                visited.add(real)
                 dirs.sort()
                 for name in sorted(files):
                     rel = os.path.relpath(os.path.join(root, name), p)

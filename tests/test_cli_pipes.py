@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from conftest import EXAMPLES
+
 from facescore_cli.cli import app
 from facescore_cli.output import CSV_COLUMNS
 from facescore_cli.result import COLUMNS
@@ -213,3 +215,18 @@ def test_shell_completion_completes_commands_and_options() -> None:
 
     assert complete("facescore ba", 1) == ["batch"]
     assert {"--jobs", "--json", "--jsonl"} <= set(complete("facescore batch --j", 2))
+
+
+def test_folders_behind_links_are_walked_once_and_a_loop_ends(tmp_path: Path) -> None:
+    """A photo library assembled from linked folders is scored whole; a link back up ends."""
+    from facescore_cli import pipeline
+
+    lib, other = tmp_path / "lib", tmp_path / "elsewhere"
+    lib.mkdir()
+    other.mkdir()
+    shutil.copy(EXAMPLES / "faces" / "omi-46.jpg", lib / "a.jpg")
+    shutil.copy(EXAMPLES / "faces" / "omi-238.jpg", other / "b.jpg")
+    (lib / "linked").symlink_to(other, target_is_directory=True)
+    (other / "up").symlink_to(lib, target_is_directory=True)  # a loop
+    shown = [i.display for i in pipeline.collect([str(lib)]).items]
+    assert shown == [str(lib / "a.jpg"), str(lib / "linked" / "b.jpg")]
