@@ -2,9 +2,11 @@
 
 dlib-bin is built without BLAS, so `compute_face_descriptor` costs ~73 ms per 150x150 chip on
 one core. This module reads the very same `dlib_face_recognition_resnet_model_v1.dat` (from the
-face_recognition_models package; nothing converted is stored anywhere), rebuilds dlib's
-`anet_type` (dlib/examples/dnn_face_recognition_ex.cpp) as an ONNX graph in memory at first use,
-and runs it with onnxruntime on one intra-op thread (we parallelise with processes).
+face_recognition_models package), rebuilds dlib's `anet_type` (dlib/examples/
+dnn_face_recognition_ex.cpp) as an ONNX graph at first use, keeps that graph in
+$FACESCORE_HOME/cache under the .dat's hash (`cached_model`: the next process loads it instead
+of building it again), and runs it with onnxruntime on one intra-op thread (we parallelise
+with processes).
 
     anet_type = loss_metric<fc_no_bias<128, avg_pool_everything<
                 alevel0<alevel1<alevel2<alevel3<alevel4<
@@ -39,8 +41,13 @@ layer's details bottom-up, each followed by add_layer's three bools and three (e
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
+import tempfile
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -373,24 +380,87 @@ def model_bytes(path: str | None = None) -> bytes:
         return build_onnx(read_dat(f.read()))
 
 
+# Bump when build_onnx's output changes, so that cached models built by older code are not used.
+BUILD_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    """$FACESCORE_HOME/cache (FACESCORE_HOME defaults to ~/.local/share/facescore)."""
+    home = os.environ.get("FACESCORE_HOME") or str(Path.home() / ".local" / "share" / "facescore")
+    return Path(home).expanduser() / "cache"
+
+
+def cached_model(cache_dir: Path | None = None, dat: str | None = None) -> Path | None:
+    """The file holding `model_bytes(dat)`, built and written into `cache_dir` (default
+    `default_cache_dir()`) the first time, named by the .dat's SHA-256 and BUILD_VERSION.
+    None when the folder cannot be written: the caller then builds in memory.
+
+    Building costs ~60 ms and ~70 MB of temporaries in every process; hashing the .dat ~18 ms."""
+    dat = dat or _dat_path()
+    h = hashlib.sha256()
+    with open(dat, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    target = folder / f"dlib-resnet-{h.hexdigest()[:24]}-v{BUILD_VERSION}.onnx"
+    if target.is_file():
+        return target
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        # another process may be writing the same file: write aside, then rename (atomic)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=target.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(model_bytes(dat))
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError:
+        return None
+    return target
+
+
 _lock = threading.Lock()
 _session = None
 
 
-def session():
-    """One onnxruntime session per process, built at first use (~0.3 s), one intra-op thread."""
+def _session_options():
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1          # we parallelise with processes
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return opts
+
+
+def open_session(cache_dir: Path | None = None):
+    """A new onnxruntime session on the cached model (`cached_model`), one intra-op thread; a
+    damaged cache file is built again."""
+    import onnxruntime as ort
+
+    path = cached_model(cache_dir)
+    if path is not None:
+        try:
+            return ort.InferenceSession(str(path), _session_options(), providers=["CPUExecutionProvider"])
+        except Exception:  # onnxruntime raises its own types for a truncated or garbled file
+            path.unlink(missing_ok=True)
+            path = cached_model(cache_dir)
+    model: str | bytes = str(path) if path is not None else model_bytes()
+    return ort.InferenceSession(model, _session_options(), providers=["CPUExecutionProvider"])
+
+
+def session(cache_dir: Path | None = None):
+    """The process's one session (`open_session`), made at first use; `cache_dir` only matters
+    for that first call."""
     global _session
     if _session is None:
         with _lock:
             if _session is None:
-                import onnxruntime as ort
-
-                opts = ort.SessionOptions()
-                opts.intra_op_num_threads = 1          # we parallelise with processes
-                opts.inter_op_num_threads = 1
-                opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-                opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-                _session = ort.InferenceSession(model_bytes(), opts, providers=["CPUExecutionProvider"])
+                _session = open_session(cache_dir)
                 _release_freed_heap()
     return _session
 
