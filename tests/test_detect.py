@@ -111,7 +111,10 @@ def test_rolled_face_is_found_and_its_landmarks_follow_the_roll(portrait_faces):
     assert err.max() < 0.05 * iod, err / iod
 
 
-def test_group_photo_gives_every_face():
+@pytest.fixture(scope="module")
+def group_photo() -> tuple[DecodedImage, list[tuple[int, int, int]]]:
+    """A 1600x1200 JPEG with four OMI faces 380, 180, 90 and 48 px wide, and their
+    (centre x, centre y, width), largest first."""
     canvas = textured_background(1600, 1200, seed=7)
     # (OMI stimulus, face width in px, roll in degrees, centre): small to large, rolled both ways.
     plan = [(3, 380, -15.0, (430, 560)), (5, 180, 22.0, (1050, 330)), (9, 90, -24.0, (1300, 850)), (11, 48, 8.0, (900, 950))]
@@ -128,14 +131,31 @@ def test_group_photo_gives_every_face():
         mask = mask.rotate(angle, Image.BICUBIC, expand=True)
         canvas.paste(crop, (px - crop.width // 2, py - crop.height // 2), mask)
         truth.append((px, py, width))
-    faces = detect(jpeg_roundtrip(np.asarray(canvas), quality=50))
-    assert len(faces) == len(plan), [f.box for f in faces]
+    return jpeg_roundtrip(np.asarray(canvas), quality=50), truth
+
+
+def test_group_photo_gives_every_face(group_photo):
+    image, truth = group_photo
+    faces = detect(image)
+    assert len(faces) == len(truth), [f.box for f in faces]
     assert [f.area for f in faces] == sorted((f.area for f in faces), reverse=True)
     for (px, py, width), face in zip(truth, faces):  # largest first, as planned
         x, y, w, h = face.box
         assert x <= px <= x + w and y <= py <= y + h, (face.box, px, py)
         assert 0.6 * width <= w <= 1.6 * width, (w, width)
         assert 0.0 <= face.confidence <= 1.0
+
+
+def test_min_face_finds_the_big_faces_and_not_the_smallest(group_photo):
+    # The pyramid starts at the smallest face asked for (fewer, smaller levels: faster). Faces
+    # somewhat under min_face may still be found; far smaller ones are not looked for.
+    image, truth = group_photo
+    big = detect(image, min_face=150)
+    for px, py, width in truth[:2]:
+        assert any(x <= px <= x + w and y <= py <= y + h and w >= 0.6 * width for x, y, w, h in (f.box for f in big)), \
+            ([f.box for f in big], px, py)
+    px, py, _ = truth[-1]  # the 48 px face
+    assert not any(x <= px <= x + w and y <= py <= y + h for x, y, w, h in (f.box for f in big))
 
 
 def test_no_face_in_texture_or_gradient():

@@ -45,18 +45,18 @@ def weights_available() -> bool:
 
 
 def detect_faces(
-    rgb: np.ndarray,
+    rgb: np.ndarray | Image.Image,
     *,
     min_face: float = 20.0,
     max_face: float | None = None,
     thresholds: tuple[float, float, float] = DEFAULT_THRESHOLDS,
     factor: float = 0.709,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Faces in an RGB uint8 image: boxes (n, 5) as x1, y1, x2, y2, O-Net probability, and
+    """Faces in an RGB uint8 image (array or PIL image): boxes (n, 5) as x1, y1, x2, y2, O-Net probability, and
     points (n, 5, 2): eye on the image's left, other eye, nose tip, mouth corners left, right."""
     pnet, rnet, onet = _sessions()
-    h, w = rgb.shape[:2]
-    img = _Octaves(Image.fromarray(rgb))
+    img = _Octaves(rgb if isinstance(rgb, Image.Image) else Image.fromarray(rgb))
+    w, h = img.size
     boxes = _stage1(pnet, img, w, h, min_face, max_face, thresholds[0], factor)
     if len(boxes):
         boxes = _stage2(rnet, img, boxes, thresholds[1])
