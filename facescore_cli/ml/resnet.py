@@ -51,6 +51,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .onnxproto import FLOAT, INT64, UINT8, f_bytes, f_chunks, f_int, node, tensor, value_info
+
 CHIP_SIZE = 150
 DIM = 128
 # The head also reads the output of the network's third stage (128 channels): its mean over
@@ -195,67 +197,7 @@ def read_dat(data: bytes) -> Net:
     return Net(mean=mean, size=nr, layers=layers)
 
 
-# --------------------------------------------------------------------------- ONNX, by hand
-# A minimal protobuf writer for the few ONNX messages needed, so the `onnx` package is not a
-# runtime dependency (field numbers from onnx/onnx.proto).
-
-
-def _varint(v: int) -> bytes:
-    v &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        b = v & 0x7F
-        v >>= 7
-        if v:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def _f_int(field: int, v: int) -> bytes:
-    return _varint(field << 3) + _varint(v)
-
-
-def _f_bytes(field: int, b: bytes | str) -> bytes:
-    if isinstance(b, str):
-        b = b.encode()
-    return _varint(field << 3 | 2) + _varint(len(b)) + b
-
-
-def _attr(name: str, v) -> bytes:
-    if isinstance(v, int):
-        return _f_bytes(1, name) + _f_int(3, v) + _f_int(20, 2)                  # INT
-    return _f_bytes(1, name) + b"".join(_f_int(8, x) for x in v) + _f_int(20, 7)  # INTS
-
-
-def _node(op: str, inputs: list[str], outputs: list[str], **attrs) -> bytes:
-    return (b"".join(_f_bytes(1, s) for s in inputs) + b"".join(_f_bytes(2, s) for s in outputs)
-            + _f_bytes(3, outputs[0]) + _f_bytes(4, op)
-            + b"".join(_f_bytes(5, _attr(k, v)) for k, v in attrs.items()))
-
-
-_FLOAT, _UINT8, _INT64 = 1, 2, 7
-
-
-def _tensor(name: str, arr: np.ndarray) -> list:
-    """A TensorProto as chunks: its header, then the raw little-endian data (not copied here)."""
-    dtype = {np.dtype(np.float32): _FLOAT, np.dtype(np.int64): _INT64}[arr.dtype]
-    raw = memoryview(np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))).cast("B")
-    header = (b"".join(_f_int(1, d) for d in arr.shape) + _f_int(2, dtype) + _f_bytes(8, name)
-              + _varint(9 << 3 | 2) + _varint(raw.nbytes))
-    return [header, raw]
-
-
-def _f_chunks(field: int, chunks: list) -> list:
-    """A length-delimited field whose payload is a list of chunks, joined only once at the end."""
-    return [_varint(field << 3 | 2) + _varint(sum(memoryview(c).nbytes for c in chunks)), *chunks]
-
-
-def _value_info(name: str, elem: int, dims: list) -> bytes:
-    dim = b"".join(_f_bytes(1, _f_bytes(2, d) if isinstance(d, str) else _f_int(1, d)) for d in dims)
-    tensor_type = _f_int(1, elem) + _f_bytes(2, dim)
-    return _f_bytes(1, name) + _f_bytes(2, _f_bytes(1, tensor_type))
+# --------------------------------------------------------------------------- ONNX graph
 
 
 class _Graph:
@@ -267,13 +209,13 @@ class _Graph:
     def const(self, arr: np.ndarray) -> str:
         self.n += 1
         name = f"w{self.n}"
-        self.inits.append(_tensor(name, arr))
+        self.inits.append(tensor(name, arr))
         return name
 
     def op(self, op: str, *inputs: str, out: str | None = None, **attrs) -> str:
         self.n += 1
         out = out or f"t{self.n}"
-        self.nodes.append(_node(op, list(inputs), [out], **attrs))
+        self.nodes.append(node(op, list(inputs), [out], **attrs))
         return out
 
 
@@ -281,7 +223,7 @@ def build_onnx(net: Net) -> bytes:
     """The ONNX model (bytes): uint8 chips (N,150,150,3) RGB -> float32 descriptors (N,128)."""
     g = _Graph()
     s = net.size
-    x = g.op("Cast", "chips", to=_FLOAT)
+    x = g.op("Cast", "chips", to=FLOAT)
     x = g.op("Transpose", x, perm=[0, 3, 1, 2])
     x = g.op("Sub", x, g.const(net.mean.reshape(1, 3, 1, 1)))
     x = g.op("Mul", x, g.const(np.array(1 / 256, dtype=np.float32)))   # exact: a power of two
@@ -353,17 +295,17 @@ def build_onnx(net: Net) -> bytes:
     if layers:
         raise DatFormatError(f"{len(layers)} layers left over")
 
-    graph = [b"".join(_f_bytes(1, n) for n in g.nodes) + _f_bytes(2, "dlib_face_resnet_v1")]
+    graph = [b"".join(f_bytes(1, n) for n in g.nodes) + f_bytes(2, "dlib_face_resnet_v1")]
     for t in g.inits:
-        graph += _f_chunks(5, t)
+        graph += f_chunks(5, t)
     if stage3 is None or stage3[1][0] != STAGE3_CHANNELS:
         raise DatFormatError("network has no third stage of 128 channels")
-    graph.append(_f_bytes(11, _value_info("chips", _UINT8, ["n", s, s, 3]))
-                 + _f_bytes(12, _value_info("descriptors", _FLOAT, ["n", w.shape[1]]))
-                 + _f_bytes(12, _value_info("stage3", _FLOAT, ["n", *stage3[1]])))
-    opset = _f_bytes(1, "") + _f_int(2, 17)
-    head = _f_int(1, 8) + _f_bytes(2, "facescore_cli.ml.resnet")
-    return b"".join([head, *_f_chunks(7, graph), _f_bytes(8, opset)])
+    graph.append(f_bytes(11, value_info("chips", UINT8, ["n", s, s, 3]))
+                 + f_bytes(12, value_info("descriptors", FLOAT, ["n", w.shape[1]]))
+                 + f_bytes(12, value_info("stage3", FLOAT, ["n", *stage3[1]])))
+    opset = f_bytes(1, "") + f_int(2, 17)
+    head = f_int(1, 8) + f_bytes(2, "facescore_cli.ml.resnet")
+    return b"".join([head, *f_chunks(7, graph), f_bytes(8, opset)])
 
 # --------------------------------------------------------------------------- runtime
 
