@@ -29,8 +29,8 @@ DEFAULT_MAX_PIXELS = 60_000_000
 # The working size: an image whose long side is over twice this reaches the models with exactly
 # this long side; smaller ones are decoded whole, pixel for pixel. The detector works on at most
 # half the original size anyway (ml/detect.py: faces from 40 px, searched at 20 px), so images up
-# to 2 x WORK_SIDE lose nothing; beyond, the smallest face found is 12 px here (MTCNN's cell),
-# i.e. long side / 133 in the original: 58 px in a 7745 px image. See docs/images.md.
+# to 2 x WORK_SIDE lose nothing; beyond, faces are searched down to 20 px here (ml/detect.py),
+# i.e. long side / 80 in the original: 97 px in a 7745 px image. See docs/images.md.
 WORK_SIDE = 1600
 # Pillow decodes WebP only whole, through three full-size buffers (~16 bytes a pixel: 950 MB at
 # 60 Mpx), so WebP gets a lower cap that keeps its decode near 300 MB. Other formats decode into
