@@ -32,14 +32,20 @@ class Backend(Protocol):
 
 
 class LocalBackend:
-    """The in-process models."""
+    """The in-process models. `cache_dir` holds the ONNX model built from dlib's ResNet weights
+    (the settings' FACESCORE_HOME/cache, so a home set only in .env is honoured too)."""
 
     name = "local"
 
+    def __init__(self, cache_dir: Path | None = None) -> None:
+        self.cache_dir = cache_dir
+
     def analyze(self, image: images.DecodedImage, data: bytes) -> tuple[list[Face], np.ndarray]:
+        from .ml import resnet
         from .ml.detect import detect
         from .ml.embed import embed
 
+        resnet.session(self.cache_dir)  # made once per process, in our cache folder
         # The faces as the wire carries them (landmarks to 0.01 px), so that the local link and
         # the remote services embed the very same points and agree on the score.
         faces = [Face.from_json(f.to_json()) for f in detect(image)]
@@ -50,7 +56,7 @@ class LocalBackend:
         from .ml.head import load_head
 
         detect.load_models()
-        resnet.session()
+        resnet.session(self.cache_dir)
         load_head()
 
 
@@ -65,7 +71,7 @@ def build_chain(settings: Settings) -> list[Backend]:
         else:
             chain.append(RemoteBackend(settings))
     if settings.fallback_to_local:
-        chain.append(LocalBackend())
+        chain.append(LocalBackend(settings.home / "cache"))
     return chain
 
 

@@ -230,3 +230,17 @@ def test_folders_behind_links_are_walked_once_and_a_loop_ends(tmp_path: Path) ->
     (other / "up").symlink_to(lib, target_is_directory=True)  # a loop
     shown = [i.display for i in pipeline.collect([str(lib)]).items]
     assert shown == [str(lib / "a.jpg"), str(lib / "linked" / "b.jpg")]
+
+
+def test_the_model_cache_goes_to_the_home_set_in_dotenv(tmp_path: Path) -> None:
+    """FACESCORE_HOME written only in .env still decides where the built ResNet model is kept."""
+    home, work = tmp_path / "home-from-dotenv", tmp_path / "work"
+    work.mkdir()
+    (work / ".env").write_text(f"FACESCORE_HOME={home}\n")
+    env = {k: v for k, v in os.environ.items() if k != "FACESCORE_HOME"}
+    env["HOME"] = str(tmp_path / "user")
+    res = subprocess.run([sys.executable, "-m", "facescore_cli", "score", str(EXAMPLES / "faces" / "omi-46.jpg"),
+                          "--via", "local", "--no-store", "--csv"], cwd=work, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert list((home / "cache").glob("*.onnx")), list(home.rglob("*"))
+    assert not (tmp_path / "user" / ".local" / "share" / "facescore" / "cache").exists()
