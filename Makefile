@@ -28,6 +28,7 @@ bench: $(BIN)/python
 	$(BIN)/python -m pip install --quiet --no-deps face_recognition
 	$(BIN)/python -m pip install --quiet 'setuptools<81'
 	$(BIN)/python bench/bench_batch.py --kind both
+	$(BIN)/python bench/bench_startup.py
 
 clean:
 	rm -rf $(VENV) results.csv build *.egg-info

@@ -183,3 +183,27 @@ def big_photo(src: Path, dst: Path, side: int = 5000) -> Path:
     with Image.open(src) as im:
         im.convert("RGB").resize((side, side)).save(dst, quality=90)
     return dst
+
+
+class paused:
+    """The scoring processes of `owner` stopped (SIGSTOP) inside the block and continued after:
+    whatever they hold or are handed meanwhile cannot finish, however fast the machine scores,
+    so a test's "while it is still being scored" holds by construction, not by timing."""
+
+    def __init__(self, owner: int) -> None:
+        self.owner = owner
+        self.pids: list[int] = []
+
+    def __enter__(self) -> "paused":
+        self.pids = scoring_children(self.owner)
+        assert self.pids, f"no scoring process under {self.owner}"
+        for pid in self.pids:
+            os.kill(pid, signal.SIGSTOP)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for pid in self.pids:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass

@@ -17,8 +17,8 @@ from fastapi.testclient import TestClient
 
 from conftest import free_port, wait_for_port
 from facescore_cli.api import create_app
-from queue_support import (CLI, WorkerProc, alive, base_env, big_photo, children, scoring_children, settings_for,
-                           small_faces, wait_live, wait_until)
+from queue_support import (CLI, WorkerProc, alive, base_env, big_photo, children, paused, scoring_children,
+                           settings_for, small_faces, wait_live, wait_until)
 
 
 def _b64(path) -> str:
@@ -193,9 +193,15 @@ def test_local_overload_gets_503_with_retry_after_before_the_admitted_finish(red
                     r = await client.post(url, json={"image": image})
                     return r.status_code, time.monotonic(), r.json(), r.headers
 
-                slow = asyncio.ensure_future(post(big_b64))
-                await asyncio.sleep(0.5)  # admitted and being scored
-                rest = await asyncio.gather(*[post(_b64(portrait)) for _ in range(10)])
+                with paused(api.proc.pid):  # the admitted image cannot finish before the burst is answered
+                    slow = asyncio.ensure_future(post(big_b64))
+                    await asyncio.sleep(0.5)  # admitted, handed to the (stopped) scoring process
+                    burst = [asyncio.ensure_future(post(_b64(portrait))) for _ in range(10)]
+                    # all but the one admitted to wait are answered while nothing can be scored
+                    deadline = time.monotonic() + 60
+                    while sum(t.done() for t in burst) < len(burst) - 1 and time.monotonic() < deadline:
+                        await asyncio.sleep(0.05)
+                rest = await asyncio.gather(*burst)
                 return [await slow, *rest]
 
         out = asyncio.run(burst())
@@ -218,10 +224,6 @@ def test_abandoned_requests_are_never_scored(redis_server, portrait, big_b64, tm
 
         async def scene() -> int:
             async with httpx.AsyncClient(timeout=120) as client:
-                # three big photos (about a second each) ahead of the requests that will give up
-                slow = [asyncio.ensure_future(client.post(url, json={"image": big_b64})) for _ in range(3)]
-                await asyncio.sleep(0.5)
-
                 async def abandon() -> None:
                     try:
                         async with httpx.AsyncClient(timeout=0.5) as c:
@@ -229,7 +231,12 @@ def test_abandoned_requests_are_never_scored(redis_server, portrait, big_b64, tm
                     except httpx.TimeoutException:
                         pass
 
-                await asyncio.gather(*[abandon() for _ in range(6)])
+                # three big photos ahead of the requests that will give up, the scoring process
+                # stopped meanwhile so that none of them can be reached before their clients leave
+                with paused(api.proc.pid):
+                    slow = [asyncio.ensure_future(client.post(url, json={"image": big_b64})) for _ in range(3)]
+                    await asyncio.sleep(0.5)
+                    await asyncio.gather(*[abandon() for _ in range(6)])
                 assert [r.status_code for r in await asyncio.gather(*slow)] == [200] * 3
                 return (await client.post(url, json={"image": _b64(portrait)})).status_code
 
@@ -352,9 +359,6 @@ def test_queue_jobs_of_abandoned_requests_are_removed_before_a_worker_takes_them
 
             async def scene() -> None:
                 async with httpx.AsyncClient(timeout=120) as client:
-                    slow = [asyncio.ensure_future(client.post(url, json={"image": b})) for b in bigs]
-                    await asyncio.sleep(0.5)
-
                     async def abandon(image: str) -> None:
                         try:
                             async with httpx.AsyncClient(timeout=0.5) as c:
@@ -362,7 +366,12 @@ def test_queue_jobs_of_abandoned_requests_are_removed_before_a_worker_takes_them
                         except httpx.TimeoutException:
                             pass
 
-                    await asyncio.gather(*[abandon(s) for s in smalls])
+                    # the worker's scoring process stopped: the big photos it takes cannot finish
+                    # before the other clients give up, however fast this machine scores
+                    with paused(w.proc.pid):
+                        slow = [asyncio.ensure_future(client.post(url, json={"image": b})) for b in bigs]
+                        await asyncio.sleep(0.5)
+                        await asyncio.gather(*[abandon(s) for s in smalls])
                     assert [r.status_code for r in await asyncio.gather(*slow)] == [200] * 3
 
             asyncio.run(scene())

@@ -75,10 +75,25 @@ def test_max_waiting_refuses_at_once(settings, faces):
 
 
 def _kill_while_scoring(pool: ScoringPool) -> int:
-    """SIGKILL the process scoring the big image: a crash mid-image."""
-    wait_until(lambda: len(pool.pids(busy=True)) == 1 and pool.status().ready == 2, 120, "scoring the big image")
-    time.sleep(0.2)
-    [pid] = pool.pids(busy=True)
+    """SIGKILL the process scoring the big image: a crash mid-image. The busy process is stopped
+    first and still busy a moment later (any result it had written is read by then), so it
+    surely dies holding the image, however fast this machine scores it."""
+    held: list[int] = []
+
+    def stopped_while_busy() -> bool:
+        busy = pool.pids(busy=True)
+        if len(busy) != 1 or pool.status().ready != 2:
+            return False
+        os.kill(busy[0], signal.SIGSTOP)
+        time.sleep(0.1)
+        if busy[0] in pool.pids(busy=True):
+            held.append(busy[0])
+            return True
+        os.kill(busy[0], signal.SIGCONT)  # it finished just before the stop: wait for the retry
+        return False
+
+    wait_until(stopped_while_busy, 120, "scoring the big image")
+    pid = held[0]
     os.kill(pid, signal.SIGKILL)
     wait_until(lambda: pid not in pool.pids(), 10, "the killed process out of the pool")
     return pid

@@ -223,6 +223,7 @@ def test_kill9_of_a_scoring_process_the_worker_scores_on(redis_server, portrait,
     try:
         w.wait_started()
         [pid] = scoring_children(w.proc.pid)
+        os.kill(pid, signal.SIGSTOP)  # what it is handed cannot finish before the kill, however fast the machine
         bigs = [base64.b64encode(big_photo(portrait, tmp_path / f"big{i}.jpg", 5000 - 10 * i).read_bytes()).decode()
                 for i in range(3)]  # about 3 s of work: the kill comes while one is being scored
         asyncio.run(_add(settings, [(queue.JOB_NAME, {"image": b}, {"jobId": f"big{i}"}) for i, b in enumerate(bigs)]))
