@@ -411,21 +411,23 @@ class QueueClient:
     # -- liveness ---------------------------------------------------------------------------
 
     async def workers(self, max_age_s: float = 1.0) -> list[dict[str, Any]]:
-        """Live workers on this queue, cached for `max_age_s` so a burst of requests costs one SCAN.
+        """Live workers on this queue, cached for `max_age_s` so a burst of requests costs one SCAN
+        (`max_age_s=0`: look now). Callers at the same time share one look.
 
-        Raises QueueUnavailable when Redis does not answer; that failure is cached too, for
-        `redis_retry_s`, and while Redis is looked at again the callers get the failure at once:
-        a Redis that swallows packets costs one connect timeout a second, not one per caller."""
+        Raises QueueUnavailable when Redis does not answer. That failure is remembered too, for
+        `redis_retry_s`; after it Redis is asked again, and callers get the failure at once until
+        it answers: a Redis that swallows packets costs one timeout a second, not one per caller."""
         seen, workers, failure = self._seen
         age = time.monotonic() - seen
-        if workers is not None and age <= max_age_s:
+        fresh = max_age_s <= 0  # asked to look now: wait for the answer, whatever was seen before
+        if not fresh and workers is not None and age <= max_age_s:
             return workers
-        if failure is not None and age < self.redis_retry_s:
+        if not fresh and failure is not None and age < self.redis_retry_s:
             raise self._down(failure)
         if self._looking is None:
             self._looking = asyncio.ensure_future(self._look())
             self._looking.add_done_callback(lambda t: t.cancelled() or t.exception())
-        if failure is not None:  # Redis is being looked at again; until it answers, it is down
+        if not fresh and failure is not None:  # Redis is being asked again; until it answers, it is down
             raise self._down(failure)
         return await asyncio.shield(self._looking)
 

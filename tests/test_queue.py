@@ -205,3 +205,103 @@ def test_health_and_worker_never_print_a_password_in_the_user_position(tmp_path,
         res = run_cli(args, env, timeout=60)
         said = res.stdout + res.stderr
         assert "PASSWORD" not in said and "***@127.0.0.1" in said.replace("\n", ""), (args, said)
+
+
+class Blackhole:
+    """A TCP server on 127.0.0.1 that accepts every connection and never answers: a Redis behind
+    a firewall that drops packets, which costs a client its whole timeout (a refused port does not)."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.held: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(conn)
+
+    @property
+    def connections(self) -> int:
+        return len(self.held)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+@pytest.fixture()
+def blackhole():
+    server = Blackhole()
+    yield server
+    server.close()
+
+
+def _settle(server: Blackhole, count: int) -> None:
+    deadline = time.monotonic() + 5
+    while server.connections < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_a_redis_that_never_answers_is_asked_once_per_retry_not_once_per_caller(blackhole, tmp_path):
+    import asyncio
+
+    settings = settings_for(base_env(f"redis://:secret@127.0.0.1:{blackhole.port}", tmp_path / "home"))
+
+    async def scene() -> None:
+        async with queue.QueueClient(settings, timeout=0.5, redis_retry_s=3600) as client:
+            async def burst() -> list[BaseException]:
+                return await asyncio.gather(*[client.workers() for _ in range(5)], return_exceptions=True)
+
+            first = await burst()  # five callers at once share one look
+            assert all(isinstance(e, queue.QueueUnavailable) for e in first), first
+            assert "does not answer" in str(first[0]) and "secret" not in str(first[0])
+            one_look = blackhole.connections
+            assert one_look >= 1
+            for _ in range(3):  # within redis_retry_s: the failure is remembered, Redis is not asked
+                assert all(isinstance(e, queue.QueueUnavailable) for e in await burst())
+            assert blackhole.connections == one_look
+            with pytest.raises(queue.QueueUnavailable):  # a submit looks afresh, and says so
+                await client.submit([])
+            assert blackhole.connections > one_look
+
+            # Once redis_retry_s is over, Redis is asked again; meanwhile every caller is told at
+            # once that it is down (the look in progress is nobody's wait).
+            client.redis_retry_s = 0.0
+            before = blackhole.connections
+            assert all(isinstance(e, queue.QueueUnavailable) for e in await burst())
+            await asyncio.sleep(1.5)  # the look, which times out after 0.5 s
+            assert blackhole.connections - before == one_look
+
+    asyncio.run(scene())
+
+
+def test_api_via_auto_scores_locally_and_asks_a_silent_redis_once(blackhole, portrait, tmp_path):
+    """Three requests at once to an API whose Redis swallows packets: all scored locally, and the
+    timeout is paid once for all (it was once per request, every request, before)."""
+    import base64
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fastapi.testclient import TestClient
+
+    from facescore_cli.api import create_app
+
+    settings = settings_for(base_env(f"redis://127.0.0.1:{blackhole.port}", tmp_path / "home"))
+    body = {"image": base64.b64encode(portrait.read_bytes()).decode()}
+    with TestClient(create_app(settings, via="auto", processes=1)) as client:
+        with ThreadPoolExecutor(3) as pool:
+            answers = list(pool.map(lambda _: client.post("/api/score", json=body), range(3)))
+        assert [r.status_code for r in answers] == [200] * 3, [r.text for r in answers]
+        assert len({r.json()["data"]["score"] for r in answers}) == 1
+        assert blackhole.connections == 1  # one look at Redis for the three, not one each
+        health = client.get("/health").json()  # health always asks, and tells why it scores locally
+        assert health["can_score"] is True and "does not answer" in health["queue"]["problem"]
