@@ -305,3 +305,44 @@ def test_api_via_auto_scores_locally_and_asks_a_silent_redis_once(blackhole, por
         assert blackhole.connections == 1  # one look at Redis for the three, not one each
         health = client.get("/health").json()  # health always asks, and tells why it scores locally
         assert health["can_score"] is True and "does not answer" in health["queue"]["problem"]
+
+
+def test_one_client_serves_a_batch_and_single_images_with_one_job_per_image(redis_server, omi_dir, tmp_path):
+    """A batch's wait and two single-image waits (the API's) in one QueueClient at once: each gets
+    its results from the one events stream, and an image in both is scored once."""
+    import asyncio
+
+    from queue_support import small_faces
+
+    env = base_env(redis_server.url, tmp_path / "home")
+    settings = settings_for(env)
+    photos = small_faces(omi_dir, tmp_path / "faces", 4)
+    w = WorkerProc(env, tmp_path / "w.log", concurrency=2)
+    try:
+        w.wait_started()
+        wait_live(env)
+
+        async def scene() -> tuple[list, list]:
+            async with queue.QueueClient(settings) as client:
+                batch = await client.submit([(p, p.name) for p in photos[:3]], store=False)
+                rows = asyncio.ensure_future(_gather(client.results(batch)))
+                singles = await asyncio.gather(client.score(photos[2].read_bytes(), 60),  # also in the batch
+                                               client.score(photos[3].read_bytes(), 60))
+                got = await rows
+                assert client.listeners == {}  # every wait let go of its jobs
+                return got, list(singles)
+
+        rows, singles = asyncio.run(scene())
+        assert sorted(r.path for r in rows) == sorted(p.name for p in photos[:3])
+        assert all(r.error is None for r in rows), [r.error for r in rows]
+        assert [state for state, _ in singles] == ["completed", "completed"]
+        in_batch = next(r for r in rows if r.path == photos[2].name)
+        assert singles[0][1]["score"] == in_batch.to_data()["score"] is not None
+        done = [e["job"] for e in w.events("completed")]
+        assert len(done) == len(set(done)) == 4  # photos[2] once, for the batch and the single wait
+    finally:
+        w.stop()
+
+
+async def _gather(results) -> list:
+    return [r async for r in results]
