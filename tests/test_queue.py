@@ -346,3 +346,31 @@ def test_one_client_serves_a_batch_and_single_images_with_one_job_per_image(redi
 
 async def _gather(results) -> list:
     return [r async for r in results]
+
+
+def test_the_remembered_failure_ends_when_redis_comes_back(tmp_path):
+    """A Redis that was down is asked again after redis_retry_s; once it answers, the workers'
+    list is read again (with --via auto the API goes back to the queue by itself)."""
+    import asyncio
+
+    from conftest import RedisServer
+
+    server = RedisServer(tmp_path)
+    settings = settings_for(base_env(server.url, tmp_path / "home"))
+
+    async def scene() -> list:
+        async with queue.QueueClient(settings, redis_retry_s=0.2) as client:
+            with pytest.raises(queue.QueueUnavailable):  # nothing listens yet
+                await client.workers()
+            await asyncio.to_thread(server.start)
+            for _ in range(100):
+                try:
+                    return await client.workers()
+                except queue.QueueUnavailable:
+                    await asyncio.sleep(0.1)
+            raise AssertionError("the workers' list never came back")
+
+    try:
+        assert asyncio.run(scene()) == []
+    finally:
+        server.stop()
