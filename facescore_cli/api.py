@@ -23,7 +23,6 @@ import time
 from contextlib import asynccontextmanager
 from typing import Any
 
-import redis
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -103,7 +102,7 @@ def create_app(settings: Settings | None = None, via: str | None = None, timeout
     if max_waiting is None:
         max_waiting = settings.api_max_waiting or WAITING_PER_SLOT * processes
     pool = ScoringPool(settings, processes, max_waiting=max_waiting)
-    jobs = queue.JobClient(settings)
+    jobs = queue.QueueClient(settings)  # the one queue client: connections for the app's whole life
     admission = Admission()
     max_body = settings.max_image_bytes * 4 // 3 + 64 * 1024
 
@@ -156,8 +155,8 @@ def create_app(settings: Settings | None = None, via: str | None = None, timeout
         if via == "local":
             return "local", processes
         try:
-            workers = await jobs.workers()
-        except (redis.RedisError, OSError):
+            workers = await jobs.workers()  # a Redis that does not answer is remembered for a second
+        except queue.QueueUnavailable:
             if via == "queue":
                 raise
             workers = []
@@ -187,10 +186,10 @@ def create_app(settings: Settings | None = None, via: str | None = None, timeout
     async def score_queue(request: Request, data: bytes) -> JSONResponse:
         try:
             state, value = await _unless_gone(request, asyncio.ensure_future(jobs.score(data, timeout_s)))
+        except queue.QueueUnavailable as exc:
+            return _fail(503, str(exc), retry_after=5)
         except (ServiceUnavailable, TimeoutError) as exc:
             return _fail(503, str(exc), retry_after=admission.retry_after(1))
-        except (redis.RedisError, OSError) as exc:
-            return _fail(503, f"the queue does not answer: {exc}", retry_after=5)
         if state == "completed":
             return answer(value if isinstance(value, dict) else {})
         if state == "rejected":
@@ -202,8 +201,8 @@ def create_app(settings: Settings | None = None, via: str | None = None, timeout
         """Score the image in `{"image": "<base64>"}` (a data URL works too)."""
         try:
             mode, slots = await choose()
-        except (redis.RedisError, OSError) as exc:
-            return _fail(503, f"the queue does not answer: {exc}", retry_after=5)
+        except queue.QueueUnavailable as exc:
+            return _fail(503, str(exc), retry_after=5)
         if admission.inflight >= slots + max_waiting:  # refused before reading the body
             return _fail(503, f"busy: {admission.inflight} request(s) in flight for {slots} scoring slot(s); "
                               f"try again later", retry_after=admission.retry_after(slots))
@@ -249,7 +248,7 @@ def create_app(settings: Settings | None = None, via: str | None = None, timeout
                 queue_ok = bool(workers)
                 if not workers:
                     info["problem"] = f"no live worker on queue {settings.queue!r}"
-            except (redis.RedisError, OSError) as exc:
+            except queue.QueueUnavailable as exc:
                 info["problem"] = f"Redis does not answer: {exc}"
             body["queue"] = info
             if via == "queue" and not queue_ok:

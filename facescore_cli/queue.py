@@ -24,7 +24,8 @@ import socket
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -50,10 +51,14 @@ ATTEMPTS = 3  # transient failures are retried with exponential backoff from BAC
 BACKOFF_MS = 1000
 NO_WORKER_GRACE_S = 5.0  # how long a wait goes on with no live worker before saying so
 REDIS_GRACE_S = 60.0  # how long a wait goes on while Redis does not answer
+API_REDIS_GRACE_S = 10.0  # the same for one API request: a Redis restart, not an outage
+REDIS_RETRY_S = 1.0  # after Redis did not answer, how long the workers' list says so before asking again
 CHUNK_BYTES = 32 * 1024 * 1024  # addBulk in chunks so a 100k batch never sits in memory whole
 FIRST_CHUNK_JOBS = 4
 
 T = TypeVar("T")
+# QueueClient.wait's `requeue`: lost job ids -> (job specs to add again, (id, "failed", why) for the rest)
+Requeue = Callable[[list[str]], Awaitable[tuple[list[dict[str, Any]], list[tuple[str, str, Any]]]]]
 
 
 class QueueUnavailable(ServiceUnavailable):
@@ -285,62 +290,7 @@ async def enqueue(queue: Any, client: aredis.Redis, specs: list[dict[str, Any]])
     await queue.addBulk(specs)
 
 
-async def submit(items: Iterable[tuple[Path, str]], settings: Settings, *, store: bool = True,
-                 keep_s: int = KEEP_RESULTS_S, batch_id: str | None = None,
-                 workers: list[dict[str, Any]] | None = None) -> Batch:
-    """Read each file (size cap applied), enqueue the readable ones in bulk, record the batch.
-
-    Unreadable files and files over the cap become entries with an error, never jobs.
-    """
-    from bullmq import Queue
-
-    client = async_client(settings)
-    queue = Queue(settings.queue, bull_opts(settings))
-    try:
-        if workers is None:
-            workers = await live_workers_async(client, settings.queue)
-        batch = Batch(id=batch_id or new_batch_id(), queue=settings.queue,
-                      model=model_version(workers, settings), store=store, keep_s=keep_s)
-        specs: list[dict[str, Any]] = []
-        queued: set[str] = set()
-        size = 0
-        first_chunk = FIRST_CHUNK_JOBS
-        for path, shown in items:
-            entry = Entry(path=shown, file=str(Path(path).resolve()))
-            try:
-                data = await asyncio.to_thread(images.read_file, Path(path), settings.max_image_bytes)
-                if not data:
-                    raise ImageError("empty file")
-            except ImageError as exc:
-                entry.error = str(exc)
-                batch.entries.append(entry)
-                continue
-            entry.sha256 = images.sha256(data)
-            entry.job = job_id(entry.sha256, batch.model)
-            batch.entries.append(entry)
-            if entry.job in queued:
-                continue
-            queued.add(entry.job)
-            specs.append(job_spec(entry.job, data, Path(shown).name, store, batch.id))
-            size += len(data)
-            # The first chunks are small so the workers start at once; later ones fill up to
-            # CHUNK_BYTES, so a 100k batch costs few round trips and never sits in memory whole.
-            if size >= CHUNK_BYTES or len(specs) >= first_chunk:
-                await enqueue(queue, client, specs)
-                specs, size = [], 0
-                first_chunk *= 4
-        if specs:
-            await enqueue(queue, client, specs)
-        await _save_batch(client, batch)
-        return batch
-    except redis.RedisError as exc:
-        raise QueueUnavailable(f"Redis at {redact(settings.redis_url)} does not answer: {exc}") from None
-    finally:
-        await queue.close()
-        await client.aclose()
-
-
-# -- collecting -------------------------------------------------------------------------------
+# -- waiting -------------------------------------------------------------------------------
 
 
 async def close_events(events: Any) -> None:
@@ -408,302 +358,402 @@ def _from_job(path: str, returned: Any, entry: Entry) -> ImageResult:
     return result
 
 
-class _Collector:
-    """Waits for a batch's jobs: events as they come, a pipelined read of every open job at the
-    start and after any connection trouble, liveness of the workers and of Redis all along."""
+class QueueClient:
+    """The one client of the queue: submit images, wait for their results, see which workers
+    are alive. `batch --via queue`, `submit`, `results` and the API all use it.
 
-    def __init__(self, batch: Batch, settings: Settings, warn: Callable[[str], None],
-                 wait: bool, no_worker_grace_s: float, redis_grace_s: float) -> None:
-        self.batch = batch
-        self.settings = settings
-        self.warn = warn
-        self.wait = wait
-        self.no_worker_grace_s = no_worker_grace_s
-        self.redis_grace_s = redis_grace_s
-        self.open: dict[str, list[Entry]] = {}
-        for e in batch.entries:
-            if e.job and not e.error:
-                self.open.setdefault(e.job, []).append(e)
-        self.arrived: asyncio.Queue[tuple[str, str, Any]] = asyncio.Queue()
-        self.last_event = "0-0"
-
-    def _on_completed(self, args: dict[str, Any], entry_id: str) -> None:
-        self.last_event = entry_id
-        if args.get("jobId") in self.open:
-            self.arrived.put_nowait((args["jobId"], "completed", args.get("returnvalue")))
-
-    def _on_failed(self, args: dict[str, Any], entry_id: str) -> None:
-        self.last_event = entry_id
-        if args.get("jobId") in self.open:
-            self.arrived.put_nowait((args["jobId"], "failed", args.get("failedReason") or "failed"))
-
-    async def _last_event_id(self, client: aredis.Redis) -> str:
-        last = await client.xrevrange(f"{PREFIX}:{self.batch.queue}:events", count=1)
-        return last[0][0] if last else "0-0"
-
-    async def _requeue(self, queue: Any, lost: list[str]) -> list[tuple[str, str, Any]]:
-        """Jobs Redis no longer has (it restarted without persistence, or they expired): add them
-        again from the files, or report them."""
-        specs, gone = [], []
-        for jid in lost:
-            entry = self.open[jid][0]
-            try:
-                data = await asyncio.to_thread(images.read_file, Path(entry.file or entry.path),
-                                               self.settings.max_image_bytes)
-            except ImageError as exc:
-                gone.append((jid, "failed", f"the job was lost by Redis and the file cannot be read again: {exc}"))
-                continue
-            specs.append(job_spec(jid, data, Path(entry.path).name, self.batch.store, self.batch.id))
-        if specs:
-            await queue.addBulk(specs)
-        return gone
-
-    def _results(self, jid: str, state: str, value: Any) -> list[ImageResult]:
-        entries = self.open.pop(jid, [])
-        if state == "completed":
-            return [_from_job(e.path, value, e) for e in entries]
-        return [ImageResult(path=e.path, error=str(value), sha256=e.sha256) for e in entries]
-
-    async def run(self) -> AsyncIterator[ImageResult]:
-        from bullmq import Queue, QueueEvents
-
-        for e in self.batch.entries:
-            if e.error:
-                yield ImageResult(path=e.path, error=e.error)
-        if not self.open:
-            return
-        client = async_client(self.settings)
-        queue = Queue(self.batch.queue, bull_opts(self.settings))
-        events: Any = None
-        need_read = True
-        redis_down_since: float | None = None
-        no_worker_since: float | None = None
-        next_check = 0.0
-        try:
-            while self.open:
-                now = time.monotonic()
-                if need_read or now >= next_check:
-                    try:
-                        if need_read:
-                            if events is not None:
-                                await close_events(events)
-                                events = None
-                            self.last_event = await self._last_event_id(client)
-                            events = QueueEvents(self.batch.queue, bull_opts(
-                                self.settings, lastEventId=self.last_event, blockingTimeout=2000))
-                            events.on("completed", self._on_completed)
-                            events.on("failed", self._on_failed)
-                            events.on("error", lambda *_: None)
-                            states = await read_jobs(client, self.batch.queue, list(self.open))
-                            lost = [j for j, s, _ in states if s == "lost"]
-                            for jid, state, value in states:
-                                if state in ("completed", "failed", "rejected"):
-                                    self.arrived.put_nowait((jid, state, value))
-                            if lost:
-                                self.warn(f"Redis lost {len(lost)} job(s) (restarted without persistence?): "
-                                          f"adding them again")
-                                for item in await self._requeue(queue, lost):
-                                    self.arrived.put_nowait(item)
-                                if not await client.exists(BATCH_KEY + self.batch.id):
-                                    await _save_batch(client, self.batch)
-                            need_read = False
-                        if not self.wait:
-                            break
-                        workers = await live_workers_async(client, self.batch.queue)
-                        redis_down_since = None
-                        if workers:
-                            no_worker_since = None
-                        elif no_worker_since is None:
-                            no_worker_since = now
-                        elif now - no_worker_since >= self.no_worker_grace_s and self.arrived.empty():
-                            raise NoWorker(f"no live worker on queue {self.batch.queue!r}")
-                        next_check = now + 1.0
-                    except (redis.RedisError, OSError) as exc:
-                        if redis_down_since is None:
-                            redis_down_since = now
-                            self.warn(f"Redis does not answer ({exc}); waiting for it to come back")
-                        elif now - redis_down_since >= self.redis_grace_s:
-                            raise QueueUnavailable(f"Redis at {redact(self.settings.redis_url)} has not "
-                                                   f"answered for {self.redis_grace_s:.0f} s") from None
-                        need_read = True
-                        next_check = now + 0.5
-                        await asyncio.sleep(0.5)
-                        continue
-                    if events is not None and events._consumer_task is not None and events._consumer_task.done():
-                        need_read = True  # the events stream stopped on a connection error
-                try:
-                    jid, state, value = await asyncio.wait_for(self.arrived.get(), timeout=0.5)
-                except asyncio.TimeoutError:
-                    if events is not None and (events._consumer_task is None or events._consumer_task.done()):
-                        need_read = True
-                    continue
-                if jid not in self.open:
-                    continue
-                for result in self._results(jid, state, value):
-                    yield result
-            if not self.wait:
-                while not self.arrived.empty():
-                    jid, state, value = self.arrived.get_nowait()
-                    if jid in self.open:
-                        for result in self._results(jid, state, value):
-                            yield result
-        finally:
-            if events is not None:
-                await close_events(events)
-            try:
-                await queue.close()
-            except Exception:
-                pass
-            await client.aclose()
-
-    def pending(self) -> list[Entry]:
-        return [e for entries in self.open.values() for e in entries]
-
-
-async def collect(batch: Batch, settings: Settings, *, wait: bool = True, warn: Callable[[str], None] = lambda m: None,
-                  no_worker_grace_s: float = NO_WORKER_GRACE_S, redis_grace_s: float = REDIS_GRACE_S,
-                  pending: list[Entry] | None = None) -> AsyncIterator[ImageResult]:
-    """Yield one ImageResult per entry of the batch as its job finishes (each exactly once).
-
-    `wait=False` yields what has finished and stops; the rest is appended to `pending`.
-    Raises NoWorker when no worker has been alive for `no_worker_grace_s` while jobs are open,
-    QueueUnavailable when Redis stays away longer than `redis_grace_s`; in both cases the
-    unfinished entries are in `pending` and stay collectable with `facescore results`.
+    It owns three connections for its whole life, whatever the number of waits: a plain client
+    (reads, liveness), a BullMQ Queue (adding jobs) and one QueueEvents whose completed/failed
+    events wake whoever waits for that job. A wait reads its open jobs in one pipelined read when
+    it starts and again whenever the events stream was restarted (Redis went away, or the job
+    finished before we listened), adds again the jobs Redis lost, and says so when no worker has
+    been alive for a while or Redis stays away. Use it inside one event loop, and close() it.
     """
-    collector = _Collector(batch, settings, warn, wait, no_worker_grace_s, redis_grace_s)
-    try:
-        async for result in collector.run():
-            yield result
-    finally:
-        if pending is not None:
-            pending.extend(collector.pending())
 
-
-class JobClient:
-    """Submit one image and wait for its result, for a long-lived process (the API): one Queue,
-    one QueueEvents and one plain client (three connections) for its whole life, whatever the
-    number of requests. Each wait is woken by its job's event, and reads the job every second in
-    case the event was missed (Redis restarted, or the job finished before we listened); a job
-    Redis lost is added again."""
-
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, queue: str | None = None, *, timeout: float = 2.0,
+                 redis_retry_s: float = REDIS_RETRY_S) -> None:
         self.settings = settings
+        self.queue = queue or settings.queue
+        self.timeout = timeout
+        self.redis_retry_s = redis_retry_s
         self.client: aredis.Redis | None = None
         self.bull: Any = None
         self.events: Any = None
-        self.waiters: dict[str, list[asyncio.Future[tuple[str, Any]]]] = {}
-        self._workers: tuple[float, list[dict[str, Any]]] = (0.0, [])
+        self.listeners: dict[str, list[asyncio.Queue[tuple[str, str, Any]]]] = {}
+        self._generation = 0  # how many times the events stream was (re)started
+        self._events_lock = asyncio.Lock()
+        # The last look at the workers: (when, workers or None, the failure or None), and the look
+        # in progress, which every caller shares.
+        self._seen: tuple[float, list[dict[str, Any]] | None, str | None] = (-1e9, None, None)
+        self._looking: asyncio.Task[list[dict[str, Any]]] | None = None
+
+    async def __aenter__(self) -> "QueueClient":
+        return self
+
+    async def __aexit__(self, *_: Any) -> None:
+        await self.close()
 
     def _client(self) -> aredis.Redis:
         if self.client is None:
-            self.client = async_client(self.settings, timeout=2.0)
+            self.client = async_client(self.settings, timeout=self.timeout)
         return self.client
 
+    def _queue(self) -> Any:
+        from bullmq import Queue
+
+        if self.bull is None:
+            self.bull = Queue(self.queue, bull_opts(self.settings))
+        return self.bull
+
+    def _down(self, exc: BaseException | str) -> QueueUnavailable:
+        return QueueUnavailable(f"Redis at {redact(self.settings.redis_url)} does not answer: {exc}")
+
+    # -- liveness ---------------------------------------------------------------------------
+
     async def workers(self, max_age_s: float = 1.0) -> list[dict[str, Any]]:
-        """Live workers, cached for `max_age_s` so a burst of requests costs one SCAN."""
-        seen, workers = self._workers
-        if time.monotonic() - seen > max_age_s:
-            workers = await live_workers_async(self._client(), self.settings.queue)
-            self._workers = (time.monotonic(), workers)
-        return workers
+        """Live workers on this queue, cached for `max_age_s` so a burst of requests costs one SCAN
+        (`max_age_s=0`: look now). Callers at the same time share one look.
+
+        Raises QueueUnavailable when Redis does not answer. That failure is remembered too, for
+        `redis_retry_s`; after it Redis is asked again, and callers get the failure at once until
+        it answers: a Redis that swallows packets costs one timeout a second, not one per caller."""
+        seen, workers, failure = self._seen
+        age = time.monotonic() - seen
+        fresh = max_age_s <= 0  # asked to look now: wait for the answer, whatever was seen before
+        if not fresh and workers is not None and age <= max_age_s:
+            return workers
+        if not fresh and failure is not None and age < self.redis_retry_s:
+            raise self._down(failure)
+        if self._looking is None:
+            self._looking = asyncio.ensure_future(self._look())
+            self._looking.add_done_callback(lambda t: t.cancelled() or t.exception())
+        if not fresh and failure is not None:  # Redis is being asked again; until it answers, it is down
+            raise self._down(failure)
+        return await asyncio.shield(self._looking)
+
+    async def _look(self) -> list[dict[str, Any]]:
+        try:
+            workers = await live_workers_async(self._client(), self.queue)
+            self._seen = (time.monotonic(), workers, None)
+            return workers
+        except (redis.RedisError, OSError) as exc:
+            self._seen = (time.monotonic(), None, str(exc))
+            raise self._down(exc) from None
+        finally:
+            self._looking = None
 
     async def ping(self) -> float:
-        """Round trip to Redis in milliseconds (raises redis.RedisError / OSError)."""
+        """Round trip to Redis in milliseconds, or QueueUnavailable."""
         start = time.perf_counter()
-        await self._client().ping()
+        try:
+            await self._client().ping()
+        except (redis.RedisError, OSError) as exc:
+            raise self._down(exc) from None
         return (time.perf_counter() - start) * 1000.0
+
+    # -- submitting -------------------------------------------------------------------------
+
+    async def submit(self, items: Iterable[tuple[Path, str]], *, store: bool = True, keep_s: int = KEEP_RESULTS_S,
+                     batch_id: str | None = None, workers: list[dict[str, Any]] | None = None) -> Batch:
+        """Read each file (size cap applied), enqueue the readable ones in bulk, record the batch.
+
+        Unreadable files and files over the cap become entries with an error, never jobs.
+        Raises QueueUnavailable when Redis does not answer."""
+        try:
+            if workers is None:
+                workers = await self.workers(max_age_s=0.0)
+            client, queue = self._client(), self._queue()
+            batch = Batch(id=batch_id or new_batch_id(), queue=self.queue,
+                          model=model_version(workers, self.settings), store=store, keep_s=keep_s)
+            specs: list[dict[str, Any]] = []
+            queued: set[str] = set()
+            size = 0
+            first_chunk = FIRST_CHUNK_JOBS
+            for path, shown in items:
+                entry = Entry(path=shown, file=str(Path(path).resolve()))
+                try:
+                    data = await asyncio.to_thread(images.read_file, Path(path), self.settings.max_image_bytes)
+                    if not data:
+                        raise ImageError("empty file")
+                except ImageError as exc:
+                    entry.error = str(exc)
+                    batch.entries.append(entry)
+                    continue
+                entry.sha256 = images.sha256(data)
+                entry.job = job_id(entry.sha256, batch.model)
+                batch.entries.append(entry)
+                if entry.job in queued:
+                    continue
+                queued.add(entry.job)
+                specs.append(job_spec(entry.job, data, Path(shown).name, store, batch.id))
+                size += len(data)
+                # The first chunks are small so the workers start at once; later ones fill up to
+                # CHUNK_BYTES, so a 100k batch costs few round trips and never sits in memory whole.
+                if size >= CHUNK_BYTES or len(specs) >= first_chunk:
+                    await enqueue(queue, client, specs)
+                    specs, size = [], 0
+                    first_chunk *= 4
+            if specs:
+                await enqueue(queue, client, specs)
+            await _save_batch(client, batch)
+            return batch
+        except (redis.RedisError, OSError) as exc:
+            raise self._down(exc) from None
+
+    # -- waiting ----------------------------------------------------------------------------
 
     def _events_alive(self) -> bool:
         task = getattr(self.events, "_consumer_task", None)
         return self.events is not None and task is not None and not task.done()
 
-    async def _ensure(self) -> None:
-        from bullmq import Queue, QueueEvents
+    def _dispatch(self, jid: str | None, state: str, value: Any) -> None:
+        for inbox in self.listeners.get(jid or "", ()):
+            inbox.put_nowait((jid or "", state, value))
 
-        if self.bull is None:
-            self.bull = Queue(self.settings.queue, bull_opts(self.settings))
-        if not self._events_alive():
-            if self.events is not None:
-                await close_events(self.events)
-            self.events = QueueEvents(self.settings.queue, bull_opts(self.settings, blockingTimeout=2000))
-            self.events.on("completed", lambda a, _id: self._resolve(a.get("jobId"), "completed", a.get("returnvalue")))
-            self.events.on("failed", lambda a, _id: self._resolve(a.get("jobId"), "failed", a.get("failedReason")))
-            self.events.on("error", lambda *_: None)
+    async def _listen(self) -> int:
+        """Start the events stream unless it runs; return its generation. It starts at the last
+        event now in Redis, so what finishes after a wait's read reaches the wait."""
+        from bullmq import QueueEvents
 
-    def _resolve(self, jid: str | None, state: str, value: Any) -> None:
-        for fut in self.waiters.get(jid or "", []):
-            if not fut.done():
-                fut.set_result((state, value))
+        async with self._events_lock:
+            if not self._events_alive():
+                if self.events is not None:
+                    await close_events(self.events)
+                    self.events = None
+                last = await self._client().xrevrange(f"{PREFIX}:{self.queue}:events", count=1)
+                events = QueueEvents(self.queue, bull_opts(self.settings, lastEventId=last[0][0] if last else "0-0",
+                                                           blockingTimeout=2000))
+                events.on("completed", lambda a, _id: self._dispatch(a.get("jobId"), "completed", a.get("returnvalue")))
+                # A failed event is read back: it tells a rejected image from a failure.
+                events.on("failed", lambda a, _id: self._dispatch(a.get("jobId"), "failed?", a.get("failedReason")))
+                events.on("error", lambda *_: None)
+                self.events = events
+                self._generation += 1
+            return self._generation
 
-    async def _read(self, jid: str) -> tuple[str, Any]:
-        _, state, value = (await read_jobs(self._client(), self.settings.queue, [jid]))[0]
-        return state, value
+    async def wait(self, ids: Iterable[str], *, requeue: Requeue, wait: bool = True,
+                   warn: Callable[[str], None] = lambda m: None, no_worker_grace_s: float = NO_WORKER_GRACE_S,
+                   redis_grace_s: float = REDIS_GRACE_S,
+                   poll_s: float | None = None) -> AsyncIterator[tuple[str, str, Any]]:
+        """Yield (job id, state, value) once for each of `ids` as its job finishes. State:
+        "completed" (value: the return value), "rejected" (value: why; a bad image) or "failed"
+        (value: why).
+
+        `requeue(lost ids)` gives back the job specs to add again for jobs Redis lost (restarted
+        without persistence, or expired) and (id, "failed", why) for those it cannot. `wait=False`
+        yields what has finished and stops. `poll_s` also reads the open jobs that often (for a
+        few jobs; a batch relies on the events). Raises NoWorker when no worker has been alive
+        for `no_worker_grace_s` while jobs are open, QueueUnavailable when Redis stays away
+        longer than `redis_grace_s`. Closing the iterator stops listening for the rest."""
+        open_ = set(ids)
+        inbox: asyncio.Queue[tuple[str, str, Any]] = asyncio.Queue()
+        for jid in open_:
+            self.listeners.setdefault(jid, []).append(inbox)
+
+        def done(jid: str) -> None:
+            open_.discard(jid)
+            mine = self.listeners.get(jid, [])
+            if inbox in mine:
+                mine.remove(inbox)
+            if not mine:
+                self.listeners.pop(jid, None)
+
+        generation = -1
+        need_read = True
+        redis_down_since: float | None = None
+        no_worker_since: float | None = None
+        next_check = next_read = 0.0
+        try:
+            while open_:
+                now = time.monotonic()
+                if wait and generation >= 0 and (self._generation != generation or not self._events_alive()):
+                    need_read = True  # the events stream stopped (a connection error) or was restarted
+                if need_read or now >= next_check:
+                    try:
+                        if need_read or (poll_s is not None and now >= next_read):
+                            if wait:
+                                generation = await self._listen()
+                            await self._read(list(open_), inbox, requeue, warn)
+                            need_read = False
+                            next_read = now + (poll_s or 0.0)
+                        if not wait:
+                            break
+                        workers = await self.workers()
+                        redis_down_since = None
+                        if workers:
+                            no_worker_since = None
+                        elif no_worker_since is None:
+                            no_worker_since = now
+                        elif now - no_worker_since >= no_worker_grace_s and inbox.empty():
+                            raise NoWorker(f"no live worker on queue {self.queue!r}")
+                        next_check = now + 1.0
+                    except (redis.RedisError, OSError, QueueUnavailable) as exc:
+                        if redis_down_since is None:
+                            redis_down_since = now
+                            warn(f"Redis does not answer ({exc}); waiting for it to come back")
+                        elif now - redis_down_since >= redis_grace_s:
+                            raise QueueUnavailable(f"Redis at {redact(self.settings.redis_url)} has not "
+                                                   f"answered for {redis_grace_s:.0f} s") from None
+                        need_read = True
+                        next_check = now + 0.5
+                        await asyncio.sleep(0.5)
+                        continue
+                try:
+                    jid, state, value = await asyncio.wait_for(inbox.get(), timeout=0.5)
+                except asyncio.TimeoutError:
+                    continue
+                if jid not in open_:
+                    continue
+                if state == "failed?":
+                    try:
+                        _, state, value = (await read_jobs(self._client(), self.queue, [jid]))[0]
+                    except (redis.RedisError, OSError):
+                        need_read = True
+                        continue
+                    if state not in ("completed", "failed", "rejected"):
+                        continue  # retried, or lost: the next read says
+                done(jid)
+                yield jid, state, value
+            if not wait:
+                while not inbox.empty():
+                    jid, state, value = inbox.get_nowait()
+                    if jid in open_ and state != "failed?":
+                        done(jid)
+                        yield jid, state, value
+        finally:
+            for jid in list(open_):
+                done(jid)
+
+    async def _read(self, ids: list[str], inbox: asyncio.Queue[tuple[str, str, Any]], requeue: Requeue,
+                    warn: Callable[[str], None]) -> None:
+        """Read `ids` at once: the finished ones go to `inbox`, the lost ones are added again."""
+        states = await read_jobs(self._client(), self.queue, ids)
+        for jid, state, value in states:
+            if state in ("completed", "failed", "rejected"):
+                inbox.put_nowait((jid, state, value))
+        lost = [j for j, s, _ in states if s == "lost"]
+        if lost:
+            warn(f"Redis lost {len(lost)} job(s) (restarted without persistence?): adding them again")
+            specs, gone = await requeue(lost)
+            if specs:
+                await self._queue().addBulk(specs)
+            for item in gone:
+                inbox.put_nowait(item)
+
+    async def results(self, batch: Batch, *, wait: bool = True, warn: Callable[[str], None] = lambda m: None,
+                      no_worker_grace_s: float = NO_WORKER_GRACE_S, redis_grace_s: float = REDIS_GRACE_S,
+                      pending: list[Entry] | None = None) -> AsyncIterator[ImageResult]:
+        """Yield one ImageResult per entry of the batch as its job finishes (each exactly once).
+
+        `wait=False` yields what has finished and stops. The unfinished entries are appended to
+        `pending` (also when NoWorker or QueueUnavailable stops the wait: they stay collectable
+        with `facescore results`)."""
+        open_: dict[str, list[Entry]] = {}
+        for e in batch.entries:
+            if e.error:
+                yield ImageResult(path=e.path, error=e.error)
+            elif e.job:
+                open_.setdefault(e.job, []).append(e)
+
+        async def requeue(lost: list[str]) -> tuple[list[dict[str, Any]], list[tuple[str, str, Any]]]:
+            specs, gone = [], []
+            for jid in lost:
+                entry = open_[jid][0]
+                try:
+                    data = await asyncio.to_thread(images.read_file, Path(entry.file or entry.path),
+                                                   self.settings.max_image_bytes)
+                except ImageError as exc:
+                    gone.append((jid, "failed", f"the job was lost by Redis and the file cannot be read again: {exc}"))
+                    continue
+                specs.append(job_spec(jid, data, Path(entry.path).name, batch.store, batch.id))
+            if not await self._client().exists(BATCH_KEY + batch.id):
+                await _save_batch(self._client(), batch)
+            return specs, gone
+
+        try:
+            if open_:
+                async with aclosing(self.wait(list(open_), requeue=requeue, wait=wait, warn=warn,
+                                              no_worker_grace_s=no_worker_grace_s,
+                                              redis_grace_s=redis_grace_s)) as finished:
+                    async for jid, state, value in finished:
+                        for e in open_.pop(jid):
+                            yield (_from_job(e.path, value, e) if state == "completed"
+                                   else ImageResult(path=e.path, error=str(value), sha256=e.sha256))
+        finally:
+            if pending is not None:
+                pending.extend(e for entries in open_.values() for e in entries)
 
     async def score(self, data: bytes, timeout_s: float, filename: str = "", store: bool = False,
                     batch_id: str = "api") -> tuple[str, Any]:
-        """Enqueue `data` (unless the same image is already queued or done) and wait for it:
+        """Enqueue one image (unless the same image is already queued or done) and wait for it:
         ("completed", return value) | ("rejected", reason: a bad image) | ("failed", reason).
-        Raises NoWorker, TimeoutError, or redis.RedisError / OSError when Redis does not answer.
-        Cancel the awaiting task and a job nobody else waits for is removed if it has not started."""
+        Raises NoWorker, QueueUnavailable or TimeoutError. Cancel the awaiting task and a job
+        nobody else waits for is removed if no worker has taken it."""
         workers = await self.workers()
         if not workers:
-            raise NoWorker(f"no live worker on queue {self.settings.queue!r}")
-        await self._ensure()
+            raise NoWorker(f"no live worker on queue {self.queue!r}")
         jid = job_id(images.sha256(data), model_version(workers, self.settings))
-        fut: asyncio.Future[tuple[str, Any]] = asyncio.get_running_loop().create_future()
-        self.waiters.setdefault(jid, []).append(fut)
-        finished = False
+        spec = job_spec(jid, data, filename, store, batch_id)
+
+        async def requeue(lost: list[str]) -> tuple[list[dict[str, Any]], list[tuple[str, str, Any]]]:
+            return [spec], []
+
+        finished = self.wait([jid], requeue=requeue, poll_s=1.0, redis_grace_s=min(timeout_s, API_REDIS_GRACE_S))
+        answer: tuple[str, Any] | None = None
         try:
-            spec = job_spec(jid, data, filename, store, batch_id)
-            await enqueue(self.bull, self._client(), [spec])
-            deadline = time.monotonic() + timeout_s
-            while True:
-                state, value = await self._read(jid)
-                if state == "lost":  # Redis restarted under us
-                    await enqueue(self.bull, self._client(), [spec])
-                elif state != "open":
-                    finished = True
-                    return state, value
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"no result within {timeout_s:.0f} s")
+            async with asyncio.timeout(timeout_s):
                 try:
-                    await asyncio.wait_for(asyncio.shield(fut), timeout=min(1.0, left))
-                except asyncio.TimeoutError:
-                    await self._ensure()
-                    continue
-                # The event said it finished; the read above tells a rejected image from a failure.
-                # Should it still say "open", wait for the next event or second, not spin.
-                self.waiters[jid].remove(fut)
-                fut = asyncio.get_running_loop().create_future()
-                self.waiters[jid].append(fut)
+                    await enqueue(self._queue(), self._client(), [spec])
+                except (redis.RedisError, OSError) as exc:
+                    raise self._down(exc) from None
+                async for _, state, value in finished:
+                    answer = (state, value)
+            return answer or ("failed", "the wait ended without a result")
+        except TimeoutError:
+            raise TimeoutError(f"no result within {timeout_s:.0f} s") from None
         finally:
-            self.waiters[jid].remove(fut)
-            if not self.waiters[jid]:
-                del self.waiters[jid]
-                if not finished:
-                    await self._forget(jid)
+            await finished.aclose()
+            if answer is None and jid not in self.listeners:
+                await self._forget(jid)
 
     async def _forget(self, jid: str) -> None:
         """Remove a job that has not started (BullMQ refuses a locked one): nobody waits for it."""
         try:
-            processed = await asyncio.shield(self._client().hget(f"{PREFIX}:{self.settings.queue}:{jid}",
-                                                                 "processedOn"))
+            processed = await asyncio.shield(self._client().hget(f"{PREFIX}:{self.queue}:{jid}", "processedOn"))
             if processed is None and self.bull is not None:
                 await asyncio.shield(self.bull.remove(jid))
         except Exception:  # best effort: at worst the image is scored and its result kept
             pass
 
     async def close(self) -> None:
+        if self._looking is not None:
+            self._looking.cancel()
         if self.events is not None:
             await close_events(self.events)
+            self.events = None
         if self.bull is not None:
             try:
                 await self.bull.close()
             except Exception:
                 pass
+            self.bull = None
         if self.client is not None:
             await self.client.aclose()
+            self.client = None
+
+
+async def submit(items: Iterable[tuple[Path, str]], settings: Settings, **options: Any) -> Batch:
+    """QueueClient.submit with a client of its own, for a one-off submit."""
+    async with QueueClient(settings) as client:
+        return await client.submit(items, **options)
+
+
+async def collect(batch: Batch, settings: Settings, **options: Any) -> AsyncIterator[ImageResult]:
+    """QueueClient.results with a client of its own (on the batch's queue), closed at the end."""
+    async with QueueClient(settings, batch.queue) as client:
+        async with aclosing(client.results(batch, **options)) as results:
+            async for result in results:
+                yield result
 
 
 # -- synchronous helpers for the CLI ----------------------------------------------------------
@@ -735,21 +785,24 @@ def score_items(items: list[Any], settings: Settings, *, store: bool = True,
                 warn: Callable[[str], None] = lambda m: None,
                 on_batch: Callable[[Batch], None] | None = None) -> Iterator[ImageResult]:
     """Submit `pipeline.Item`s as one batch and yield results as they arrive (the `--via queue`
-    path of `score` and `batch`). When the workers go away, the unfinished images come back as
-    error rows naming the batch id, so `facescore results` can still collect them."""
+    path of `score` and `batch`), through one QueueClient. When the workers go away, the
+    unfinished images come back as error rows naming the batch id, so `facescore results` can
+    still collect them."""
 
     async def flow() -> AsyncIterator[ImageResult]:
-        batch = await submit(((i.path, i.display) for i in items), settings, store=store)
-        if on_batch:
-            on_batch(batch)
-        left: list[Entry] = []
-        try:
-            async for r in collect(batch, settings, warn=warn, pending=left):
-                yield r
-        except (NoWorker, QueueUnavailable) as exc:
-            for e in left:
-                yield ImageResult(path=e.path, sha256=e.sha256,
-                                  error=f"{exc}; still queued: collect with `facescore results {batch.id}`")
+        async with QueueClient(settings) as client:
+            batch = await client.submit(((i.path, i.display) for i in items), store=store)
+            if on_batch:
+                on_batch(batch)
+            left: list[Entry] = []
+            try:
+                async with aclosing(client.results(batch, warn=warn, pending=left)) as results:
+                    async for r in results:
+                        yield r
+            except (NoWorker, QueueUnavailable) as exc:
+                for e in left:
+                    yield ImageResult(path=e.path, sha256=e.sha256,
+                                      error=f"{exc}; still queued: collect with `facescore results {batch.id}`")
 
     return iterate(flow())
 

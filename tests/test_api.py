@@ -383,3 +383,31 @@ def test_queue_jobs_of_abandoned_requests_are_removed_before_a_worker_takes_them
             assert left == 0
     finally:
         w.stop()
+
+
+def test_queue_request_whose_only_worker_died_is_told_so_before_its_timeout(redis_server, big_b64, tmp_path):
+    """The worker holding the job dies and none replaces it: once its heartbeat has expired the
+    request gets 503 "no live worker" (the same detection as `results --wait`), not a timeout."""
+    env = base_env(redis_server.url, tmp_path / "home")
+    a = WorkerProc(env, tmp_path / "a.log")
+    api = Api(env, "--via", "queue", "--timeout", "90")
+    try:
+        a.wait_started()
+        wait_live(env)
+        time.sleep(1.1)  # the app caches the worker list for a second
+        for pid in scoring_children(a.proc.pid):  # it takes the job and never finishes it
+            os.kill(pid, signal.SIGSTOP)
+
+        async def scene() -> httpx.Response:
+            async with httpx.AsyncClient(timeout=120) as client:
+                req = asyncio.ensure_future(client.post(api.url + "/api/score", json={"image": big_b64}))
+                await asyncio.sleep(1.0)
+                a.kill9()
+                return await req
+
+        r = asyncio.run(scene())
+        assert r.status_code == 503 and "no live worker" in r.json()["error"], r.text
+        assert r.headers.get("retry-after")
+    finally:
+        api.stop()
+        a.stop()

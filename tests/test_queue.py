@@ -205,3 +205,172 @@ def test_health_and_worker_never_print_a_password_in_the_user_position(tmp_path,
         res = run_cli(args, env, timeout=60)
         said = res.stdout + res.stderr
         assert "PASSWORD" not in said and "***@127.0.0.1" in said.replace("\n", ""), (args, said)
+
+
+class Blackhole:
+    """A TCP server on 127.0.0.1 that accepts every connection and never answers: a Redis behind
+    a firewall that drops packets, which costs a client its whole timeout (a refused port does not)."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.held: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(conn)
+
+    @property
+    def connections(self) -> int:
+        return len(self.held)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+@pytest.fixture()
+def blackhole():
+    server = Blackhole()
+    yield server
+    server.close()
+
+
+def _settle(server: Blackhole, count: int) -> None:
+    deadline = time.monotonic() + 5
+    while server.connections < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_a_redis_that_never_answers_is_asked_once_per_retry_not_once_per_caller(blackhole, tmp_path):
+    import asyncio
+
+    settings = settings_for(base_env(f"redis://:secret@127.0.0.1:{blackhole.port}", tmp_path / "home"))
+
+    async def scene() -> None:
+        async with queue.QueueClient(settings, timeout=0.5, redis_retry_s=3600) as client:
+            async def burst() -> list[BaseException]:
+                return await asyncio.gather(*[client.workers() for _ in range(5)], return_exceptions=True)
+
+            first = await burst()  # five callers at once share one look
+            assert all(isinstance(e, queue.QueueUnavailable) for e in first), first
+            assert "does not answer" in str(first[0]) and "secret" not in str(first[0])
+            one_look = blackhole.connections
+            assert one_look >= 1
+            for _ in range(3):  # within redis_retry_s: the failure is remembered, Redis is not asked
+                assert all(isinstance(e, queue.QueueUnavailable) for e in await burst())
+            assert blackhole.connections == one_look
+            with pytest.raises(queue.QueueUnavailable):  # a submit looks afresh, and says so
+                await client.submit([])
+            assert blackhole.connections > one_look
+
+            # Once redis_retry_s is over, Redis is asked again; meanwhile every caller is told at
+            # once that it is down (the look in progress is nobody's wait).
+            client.redis_retry_s = 0.0
+            before = blackhole.connections
+            assert all(isinstance(e, queue.QueueUnavailable) for e in await burst())
+            await asyncio.sleep(1.5)  # the look, which times out after 0.5 s
+            assert blackhole.connections - before == one_look
+
+    asyncio.run(scene())
+
+
+def test_api_via_auto_scores_locally_and_asks_a_silent_redis_once(blackhole, portrait, tmp_path):
+    """Three requests at once to an API whose Redis swallows packets: all scored locally, and the
+    timeout is paid once for all (it was once per request, every request, before)."""
+    import base64
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fastapi.testclient import TestClient
+
+    from facescore_cli.api import create_app
+
+    settings = settings_for(base_env(f"redis://127.0.0.1:{blackhole.port}", tmp_path / "home"))
+    body = {"image": base64.b64encode(portrait.read_bytes()).decode()}
+    with TestClient(create_app(settings, via="auto", processes=1)) as client:
+        with ThreadPoolExecutor(3) as pool:
+            answers = list(pool.map(lambda _: client.post("/api/score", json=body), range(3)))
+        assert [r.status_code for r in answers] == [200] * 3, [r.text for r in answers]
+        assert len({r.json()["data"]["score"] for r in answers}) == 1
+        assert blackhole.connections == 1  # one look at Redis for the three, not one each
+        health = client.get("/health").json()  # health always asks, and tells why it scores locally
+        assert health["can_score"] is True and "does not answer" in health["queue"]["problem"]
+
+
+def test_one_client_serves_a_batch_and_single_images_with_one_job_per_image(redis_server, omi_dir, tmp_path):
+    """A batch's wait and two single-image waits (the API's) in one QueueClient at once: each gets
+    its results from the one events stream, and an image in both is scored once."""
+    import asyncio
+
+    from queue_support import small_faces
+
+    env = base_env(redis_server.url, tmp_path / "home")
+    settings = settings_for(env)
+    photos = small_faces(omi_dir, tmp_path / "faces", 4)
+    w = WorkerProc(env, tmp_path / "w.log", concurrency=2)
+    try:
+        w.wait_started()
+        wait_live(env)
+
+        async def scene() -> tuple[list, list]:
+            async with queue.QueueClient(settings) as client:
+                batch = await client.submit([(p, p.name) for p in photos[:3]], store=False)
+                rows = asyncio.ensure_future(_gather(client.results(batch)))
+                singles = await asyncio.gather(client.score(photos[2].read_bytes(), 60),  # also in the batch
+                                               client.score(photos[3].read_bytes(), 60))
+                got = await rows
+                assert client.listeners == {}  # every wait let go of its jobs
+                return got, list(singles)
+
+        rows, singles = asyncio.run(scene())
+        assert sorted(r.path for r in rows) == sorted(p.name for p in photos[:3])
+        assert all(r.error is None for r in rows), [r.error for r in rows]
+        assert [state for state, _ in singles] == ["completed", "completed"]
+        in_batch = next(r for r in rows if r.path == photos[2].name)
+        assert singles[0][1]["score"] == in_batch.to_data()["score"] is not None
+        done = [e["job"] for e in w.events("completed")]
+        assert len(done) == len(set(done)) == 4  # photos[2] once, for the batch and the single wait
+    finally:
+        w.stop()
+
+
+async def _gather(results) -> list:
+    return [r async for r in results]
+
+
+def test_the_remembered_failure_ends_when_redis_comes_back(tmp_path):
+    """A Redis that was down is asked again after redis_retry_s; once it answers, the workers'
+    list is read again (with --via auto the API goes back to the queue by itself)."""
+    import asyncio
+
+    from conftest import RedisServer
+
+    server = RedisServer(tmp_path)
+    settings = settings_for(base_env(server.url, tmp_path / "home"))
+
+    async def scene() -> list:
+        async with queue.QueueClient(settings, redis_retry_s=0.2) as client:
+            with pytest.raises(queue.QueueUnavailable):  # nothing listens yet
+                await client.workers()
+            await asyncio.to_thread(server.start)
+            for _ in range(100):
+                try:
+                    return await client.workers()
+                except queue.QueueUnavailable:
+                    await asyncio.sleep(0.1)
+            raise AssertionError("the workers' list never came back")
+
+    try:
+        assert asyncio.run(scene()) == []
+    finally:
+        server.stop()

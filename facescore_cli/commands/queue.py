@@ -54,15 +54,22 @@ def submit(
     given = read_inputs(inputs, null)
     items, _ = collect_inputs(given)
     where = f"queue {settings.queue!r} at {redact(settings.redis_url)}"
+
+    async def put() -> tuple[list[dict], Optional[queue.Batch]]:
+        async with queue.QueueClient(settings) as client:
+            workers = await client.workers(max_age_s=0.0)
+            if not workers and choice != "queue":
+                return workers, None
+            return workers, await client.submit(((i.path, i.display) for i in items), keep_s=int(keep),
+                                                workers=workers, store=store)
+
     try:
-        workers = queue.live_workers(settings)
-        if not workers and choice != "queue":
-            fail(f"no live worker on {where}: nothing queued. Start `facescore worker` there, or pass "
-                 f"--via queue to queue for workers started later")
-        batch = queue.run(queue.submit(((i.path, i.display) for i in items), settings, keep_s=int(keep),
-                                       workers=workers, store=store))
+        workers, batch = queue.run(put())
     except ServiceUnavailable as exc:
         fail(str(exc))
+    if batch is None:
+        fail(f"no live worker on {where}: nothing queued. Start `facescore worker` there, or pass "
+             f"--via queue to queue for workers started later")
     errors = [e for e in batch.entries if e.error]
     for e in errors:
         err.print(f"[red]not queued[/red] {escape(e.path)}: {escape(e.error or '')}")
