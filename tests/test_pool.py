@@ -205,43 +205,46 @@ def test_a_hung_process_is_killed_after_the_time_limit_and_its_image_not_retried
         assert pool.status().restarts == 2
 
 
-def test_batch_gives_a_hung_image_an_error_row_and_scores_the_rest(omi_dir, tmp_path):
+def test_batch_gives_hung_images_error_rows_and_scores_the_rest(omi_dir, tmp_path):
     folder = tmp_path / "many"
-    paths = small_faces(omi_dir, folder, 200)  # one process alone needs well over LIMIT_S for them
+    paths = small_faces(omi_dir, folder, 100)
     out, log = tmp_path / "out.csv", tmp_path / "stderr.txt"
     env = base_env("redis://127.0.0.1:1", tmp_path / "home", FACESCORE_IMAGE_TIMEOUT=f"{LIMIT_S:g}s")
     with log.open("w") as fh:
         batch = subprocess.Popen(CLI + ["batch", str(folder), "--out", str(out), "--via", "local", "--jobs", "2",
                                         "--no-store"], env=env, stdout=subprocess.DEVNULL, stderr=fh)
-    hung = None
+    hung: list[int] = []
     try:
-        # Rows on disk: the models are loaded and work is handed out. Most images are still to come, so
-        # the process stopped now holds an image, or is sent its next one while stopped, and the
-        # replacement has work left when it starts.
+        # Rows on disk: the models are loaded and work is handed out. Both processes are stopped with
+        # most images still to come, so each holds an image (or is sent its next one while stopped),
+        # and only processes started in their place can score the rest.
         wait_until(lambda: out.is_file() and out.read_text().count("\n") >= 4, 120, "batch writing rows")
-        first = scoring_children(batch.pid)
-        assert len(first) == 2 and batch.poll() is None
-        hung = first[0]
-        os.kill(hung, signal.SIGSTOP)
-        wait_until(lambda: set(scoring_children(batch.pid)) - set(first), LIMIT_S + 30,
-                   "a process started in place of the hung one")
-        assert not alive(hung)
+        hung = scoring_children(batch.pid)
+        assert len(hung) == 2 and batch.poll() is None
+        for pid in hung:
+            os.kill(pid, signal.SIGSTOP)
+        wait_until(lambda: len(set(scoring_children(batch.pid)) - set(hung)) == 2, LIMIT_S + 30,
+                   "two processes started in place of the hung ones")
+        assert not any(alive(pid) for pid in hung)
         batch.wait(300)
     finally:
         if batch.poll() is None:
             batch.kill()
             batch.wait(10)
-        if hung is not None and alive(hung):
-            os.kill(hung, signal.SIGKILL)
+        for pid in hung:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
     stderr = log.read_text()
-    assert batch.returncode == 1, stderr  # one input failed
+    assert batch.returncode == 1, stderr  # inputs failed
     rows = list(csv.DictReader(out.open(newline="")))
-    assert sorted({r["path"] for r in rows}) == sorted(str(p) for p in paths)
+    assert sorted(r["path"] for r in rows) == sorted(str(p) for p in paths)  # one row each: one face each
     failed = [r for r in rows if r["error"]]
-    assert [r["error"] for r in failed] == ["scoring took longer than 5 s"], failed
-    assert all(r["score"] for r in rows if not r["error"])
-    assert f"scoring process {hung} was killed after 5 s while scoring" in stderr
-    assert f"{failed[0]['path']}: scoring took longer than 5 s" in stderr
+    assert [r["error"] for r in failed] == ["scoring took longer than 5 s"] * 2, failed
+    assert all(r["score"] for r in rows if not r["error"])  # the other 98 scored, most by the replacements
+    for pid in hung:
+        assert f"scoring process {pid} was killed after 5 s while scoring" in stderr
+    for r in failed:
+        assert f"{r['path']}: scoring took longer than 5 s" in stderr
 
 
 def test_a_bad_image_timeout_is_one_line_and_exit_2(faces, tmp_path):
