@@ -1,6 +1,7 @@
 """One settings object, read once from the environment and from `.env` in the working folder."""
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,30 @@ def _num(name: str, raw: str, kind: type) -> float:
         raise ConfigError(f"{name}={raw!r} is not a number") from None
 
 
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from `30s`, `500ms`, `2m`, `12h`, `7d` or a bare number of seconds: one way to
+    write a time in every option and setting. ValueError, saying what is wrong, otherwise."""
+    raw = str(text).strip().lower()
+    for unit in ("ms", "s", "m", "h", "d"):
+        if raw.endswith(unit):
+            number, scale = raw[: -len(unit)], _UNITS[unit]
+            break
+    else:
+        number, scale = raw, 1.0
+    try:
+        value = float(number) * scale
+    except ValueError:
+        raise ValueError(f"{text!r} is not a duration (like 30s, 500ms, 2m, 12h, 7d)") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{text!r} is not a finite duration")
+    if value < 0:
+        raise ValueError(f"{text!r} is negative")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     redis_url: str = "redis://localhost:6379"
@@ -52,6 +77,10 @@ class Settings:
     # wait beyond those that are being scored before the API answers 503 (0 = 4 per process).
     api_processes: int = 0
     api_max_waiting: int = 0
+    # The longest one image may take in a scoring process before the process is killed and the
+    # image gets an error row (0 = no limit). 60 s: the largest accepted image (60 Mpx) takes
+    # about 2 s of CPU here, so only a hang reaches it, even on a loaded machine.
+    image_timeout_s: float = 60.0
 
     @classmethod
     def load(cls, environ: dict[str, str] | None = None, dotenv: Path | None = Path(".env")) -> "Settings":
@@ -76,6 +105,10 @@ class Settings:
         api_max_waiting = int(_num("FACESCORE_API_MAX_WAITING", get("FACESCORE_API_MAX_WAITING") or "0", int))
         if api_processes < 0 or api_max_waiting < 0:
             raise ConfigError("FACESCORE_API_PROCESSES and FACESCORE_API_MAX_WAITING must be 0 or more")
+        try:
+            image_timeout = parse_duration(get("FACESCORE_IMAGE_TIMEOUT") or "60s")
+        except ValueError as exc:
+            raise ConfigError(f"FACESCORE_IMAGE_TIMEOUT: {exc}") from None
         return cls(
             redis_url=get("REDIS_URL") or "redis://localhost:6379",
             face_detection_service=(get("FACE_DETECTION_SERVICE") or None),
@@ -96,4 +129,5 @@ class Settings:
             head_path=Path(head).expanduser() if head else None,
             api_processes=api_processes,
             api_max_waiting=api_max_waiting,
+            image_timeout_s=image_timeout,
         )

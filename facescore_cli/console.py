@@ -126,26 +126,15 @@ def program() -> str:
     return "python -m facescore_cli" if sys.argv and sys.argv[0].endswith("__main__.py") else "facescore"
 
 
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
 def duration(text: str) -> float:
-    """Seconds from `30s`, `500ms`, `2m`, `12h`, `7d` or a bare number of seconds: one way to
-    write a time on every command."""
-    raw = str(text).strip().lower()
-    for unit in ("ms", "s", "m", "h", "d"):
-        if raw.endswith(unit):
-            number, scale = raw[: -len(unit)], _UNITS[unit]
-            break
-    else:
-        number, scale = raw, 1.0
+    """Seconds from `30s`, `500ms`, `2m`, `12h`, `7d` or a bare number of seconds (`parse_duration`,
+    as a Typer parser)."""
+    from .config import parse_duration
+
     try:
-        value = float(number) * scale
-    except ValueError:
-        raise typer.BadParameter(f"{text!r} is not a duration (like 30s, 500ms, 2m, 12h, 7d)") from None
-    if value < 0:
-        raise typer.BadParameter(f"{text!r} is negative")
-    return value
+        return parse_duration(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def duration_from_ms_era(text: str) -> float:

@@ -7,6 +7,9 @@ it over a pipe. What the pool guarantees, and `concurrent.futures.ProcessPoolExe
 - a process that dies (a native crash, the OOM killer, `kill -9`) is replaced, and the image it
   held is tried once more in the new one; a second crash on it gives that image an error result.
   The other processes and their images are not disturbed;
+- a process that takes longer than the time limit on one image (`FACESCORE_IMAGE_TIMEOUT`, 60 s:
+  a native loop, a pathological image, SIGSTOP) is killed with SIGKILL and replaced, and that
+  image gets an error result at once, without a retry: a deterministic hang would hang again;
 - work that has not started can be cancelled (`Future.cancel()`), so an image nobody waits for
   any more is never scored; `max_waiting` bounds what may wait at all (`PoolBusy` beyond it);
 - no process outlives its owner by more than about a second, even after SIGKILL of the owner:
@@ -44,6 +47,11 @@ from .result import NO_FACE, ImageResult
 CRASHED = "the scoring process crashed on this image"
 PARENT_CHECK_S = 1.0
 READY_TIMEOUT_S = 300.0  # loading the models on a busy 2-core machine
+
+
+def too_long(limit_s: float) -> str:
+    """The error of an image that was still scoring when its time limit ran out."""
+    return f"scoring took longer than {limit_s:g} s"
 
 
 class PoolBusy(ServiceUnavailable):
@@ -182,14 +190,20 @@ class _Task:
         self.display = display
         self.started = False  # its future is running: it can no longer be cancelled
 
-    def crashed(self) -> Any:
+    def lost(self, error: str) -> Any:
+        """The result of an image whose process was lost on it for good (crashed twice, or killed
+        past the time limit): an error row, or kind "crashed" (no retry can help)."""
         if self.kind == "file":
-            return ImageResult(path=self.display, error=CRASHED)
-        return {"kind": "crashed", "error": CRASHED}
+            return ImageResult(path=self.display, error=error)
+        return {"kind": "crashed", "error": error}
 
 
 class _Gone(Exception):
     """The process died (or the pipe broke) while it held a task or while starting."""
+
+
+class _TooLong(_Gone):
+    """The process held one task past the time limit; it has been killed."""
 
 
 class ScoringPool:
@@ -202,8 +216,11 @@ class ScoringPool:
     """
 
     def __init__(self, settings: Settings, processes: int, *, max_waiting: int | None = None,
-                 start_method: str = "spawn", ready_timeout_s: float = READY_TIMEOUT_S) -> None:
+                 start_method: str = "spawn", ready_timeout_s: float = READY_TIMEOUT_S,
+                 image_timeout_s: float | None = None) -> None:
         self.settings = settings
+        # 0: no limit. The clock starts when the process receives the image, not while it waits.
+        self.image_timeout_s = settings.image_timeout_s if image_timeout_s is None else image_timeout_s
         self.processes = max(1, processes)
         self.max_waiting = max_waiting
         self.ready_timeout_s = ready_timeout_s
@@ -300,7 +317,8 @@ class ScoringPool:
 
     def submit_encoded(self, image_b64: str, filename: str = "") -> "Future[dict[str, Any]]":
         """Score a base64 image: {"kind": "ok", "data": ImageResult.to_data() + "embeddings"} or
-        {"kind": "image" | "failed" | "crashed", "error": ...}."""
+        {"kind": "image" | "failed" | "crashed", "error": ...}; "crashed": processes were lost on
+        this image (two crashes, or killed past the time limit), so retrying it elsewhere would not help."""
         return self._submit(_Task("encoded", (image_b64, filename), filename))
 
     def _submit(self, task: _Task) -> Future[Any]:
@@ -359,11 +377,17 @@ class ScoringPool:
         return proc, parent_end
 
     def _run(self, proc: Any, conn: Any, task: _Task) -> Any:
+        limit = self.image_timeout_s
         try:
             conn.send((task.kind, task.args))
-            while not conn.poll(0.5):
+            deadline = time.monotonic() + limit if limit > 0 else None
+            while not conn.poll(0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))):
                 if not proc.is_alive():
                     raise _Gone(f"exited with {proc.exitcode}")
+                if deadline is not None and time.monotonic() >= deadline:
+                    proc.kill()  # SIGKILL: it also ends a stopped process, which SIGTERM would not
+                    proc.join(5.0)
+                    raise _TooLong(f"was killed after {limit:g} s")
             return conn.recv()
         except (EOFError, OSError) as exc:
             proc.join(1.0)
@@ -422,8 +446,10 @@ class ScoringPool:
                         task.crashes += 1
                         if self._closing:  # not the image's fault: the owner may hand it to another
                             task.future.set_exception(PoolClosed("the scoring pool was closed while scoring"))
+                        elif isinstance(exc, _TooLong):  # not retried: a deterministic hang hangs again
+                            task.future.set_result(task.lost(too_long(self.image_timeout_s)))
                         elif task.crashes >= 2:
-                            task.future.set_result(task.crashed())
+                            task.future.set_result(task.lost(CRASHED))
                         else:
                             self._waiting.appendleft(task)  # once more, in a fresh process
                             self._lock.notify()

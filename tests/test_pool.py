@@ -1,9 +1,12 @@
 """The one scoring pool (facescore_cli/pool.py), with real processes and real photos: a process
-killed with SIGKILL is replaced and its image still scored, waiting work is cancelled, the
-processes die with their owner (SIGKILL of the owner included), also under `facescore batch`."""
+killed with SIGKILL is replaced and its image still scored, one that hangs (SIGSTOP) is killed past
+the per-image time limit and its image gets an error, waiting work is cancelled, the processes die
+with their owner (SIGKILL of the owner included), also under `facescore batch`."""
 from __future__ import annotations
 
 import base64
+import csv
+import dataclasses
 import os
 import signal
 import subprocess
@@ -14,9 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from facescore_cli.pool import CRASHED, PoolBusy, PoolClosed, ScoringPool
+from facescore_cli.config import Settings
+from facescore_cli.errors import ConfigError
+from facescore_cli.pool import CRASHED, PoolBusy, PoolClosed, ScoringPool, too_long
 from facescore_cli.scoring import Scorer
-from queue_support import CLI, alive, base_env, big_photo, children, settings_for, small_faces, wait_until
+from queue_support import (CLI, alive, base_env, big_photo, children, run_cli, scoring_children, settings_for,
+                           small_faces, wait_until)
+
+LIMIT_S = 5.0  # the time limit in these tests: far above a 256 px face's 0.1-0.3 s, even on a loaded machine
 
 
 @pytest.fixture(scope="module")
@@ -160,3 +168,103 @@ def test_sigkill_of_batch_leaves_no_scoring_process(omi_dir, tmp_path):
     finally:
         if batch.poll() is None:
             batch.kill()
+
+
+def _state(pid: int) -> str:
+    """The process state letter from /proc: R running, S sleeping, T stopped, Z zombie."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def _stop_while_scoring(pool: ScoringPool) -> int:
+    """SIGSTOP the process scoring the big image: a hang mid-image, which no crash check sees."""
+    wait_until(lambda: len(pool.pids(busy=True)) == 1 and pool.status().ready == 2, 120, "scoring the big image")
+    [pid] = pool.pids(busy=True)
+    os.kill(pid, signal.SIGSTOP)
+    wait_until(lambda: _state(pid) == "T", 5, f"process {pid} stopped")
+    return pid
+
+
+def test_image_timeout_setting():
+    def load(value: str) -> float:
+        return Settings.load(environ={"FACESCORE_IMAGE_TIMEOUT": value}, dotenv=None).image_timeout_s
+
+    assert Settings.load(environ={}, dotenv=None).image_timeout_s == 60
+    assert [load(v) for v in ("90s", "2m", "1500ms", "45", "0", "")] == [90, 120, 1.5, 45, 0, 60]
+    for bad, why in (("soon", "is not a duration"), ("-5s", "is negative"), ("inf", "is not a finite duration")):
+        with pytest.raises(ConfigError, match=f"FACESCORE_IMAGE_TIMEOUT: '{bad}' {why}"):
+            load(bad)
+
+
+def test_a_hung_process_is_killed_after_the_time_limit_and_its_image_not_retried(settings, faces, big):
+    limited = dataclasses.replace(settings, image_timeout_s=LIMIT_S)
+    with ScoringPool(limited, 2) as pool:
+        assert pool.wait_ready(120)
+        victim = pool.submit_file(big, "hung.jpg")
+        hung = _stop_while_scoring(pool)
+        others = [pool.submit_file(p, p.name) for p in faces[:6]]
+        assert victim.result(LIMIT_S + 60).error == too_long(LIMIT_S) == "scoring took longer than 5 s"
+        assert all(f.result(120).faces for f in others)  # the other process scored on meanwhile
+        wait_until(lambda: not alive(hung), 5, f"the hung process {hung} killed")
+        assert pool.wait_ready(120) and len(pool.pids()) == 2 and hung not in pool.pids()
+        status = pool.status()
+        assert status.restarts == 1
+        assert status.last_error == f"scoring process {hung} was killed after 5 s while scoring hung.jpg"
+        # Not retried: only the six others were ever scored, and nothing is left waiting or running.
+        assert (status.scored, status.waiting, status.running) == (6, 0, 0)
+
+        # The worker's and the API's kind of image: "crashed" (final, no retry), with the reason.
+        victim = pool.submit_encoded(base64.b64encode(big.read_bytes()).decode(), "hung-too.jpg")
+        _stop_while_scoring(pool)
+        assert victim.result(LIMIT_S + 60) == {"kind": "crashed", "error": "scoring took longer than 5 s"}
+        assert pool.submit_file(faces[0], "after").result(120).faces
+        assert pool.status().restarts == 2
+
+
+def test_batch_gives_hung_images_error_rows_and_scores_the_rest(omi_dir, tmp_path):
+    folder = tmp_path / "many"
+    paths = small_faces(omi_dir, folder, 100)
+    out, log = tmp_path / "out.csv", tmp_path / "stderr.txt"
+    env = base_env("redis://127.0.0.1:1", tmp_path / "home", FACESCORE_IMAGE_TIMEOUT=f"{LIMIT_S:g}s")
+    with log.open("w") as fh:
+        batch = subprocess.Popen(CLI + ["batch", str(folder), "--out", str(out), "--via", "local", "--jobs", "2",
+                                        "--no-store"], env=env, stdout=subprocess.DEVNULL, stderr=fh)
+    hung: list[int] = []
+    try:
+        # Rows on disk: the models are loaded and work is handed out. Both processes are stopped with
+        # most images still to come, so each holds an image (or is sent its next one while stopped),
+        # and only processes started in their place can score the rest.
+        wait_until(lambda: out.is_file() and out.read_text().count("\n") >= 4, 120, "batch writing rows")
+        hung = scoring_children(batch.pid)
+        assert len(hung) == 2 and batch.poll() is None
+        for pid in hung:
+            os.kill(pid, signal.SIGSTOP)
+        wait_until(lambda: len(set(scoring_children(batch.pid)) - set(hung)) == 2, LIMIT_S + 30,
+                   "two processes started in place of the hung ones")
+        assert not any(alive(pid) for pid in hung)
+        batch.wait(300)
+    finally:
+        if batch.poll() is None:
+            batch.kill()
+            batch.wait(10)
+        for pid in hung:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    stderr = log.read_text()
+    assert batch.returncode == 1, stderr  # inputs failed
+    rows = list(csv.DictReader(out.open(newline="")))
+    assert sorted(r["path"] for r in rows) == sorted(str(p) for p in paths)  # one row each: one face each
+    failed = [r for r in rows if r["error"]]
+    assert [r["error"] for r in failed] == ["scoring took longer than 5 s"] * 2, failed
+    assert all(r["score"] for r in rows if not r["error"])  # the other 98 scored, most by the replacements
+    for pid in hung:
+        assert f"scoring process {pid} was killed after 5 s while scoring" in stderr
+    for r in failed:
+        assert f"{r['path']}: scoring took longer than 5 s" in stderr
+
+
+def test_a_bad_image_timeout_is_one_line_and_exit_2(faces, tmp_path):
+    env = base_env("redis://127.0.0.1:1", tmp_path / "home", FACESCORE_IMAGE_TIMEOUT="forever")
+    done = run_cli(["batch", str(faces[0]), "--out", str(tmp_path / "out.csv"), "--via", "local"], env)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "configuration error: FACESCORE_IMAGE_TIMEOUT: 'forever' is not a duration (like 30s, 500ms, 2m, 12h, 7d)"]
