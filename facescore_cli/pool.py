@@ -47,6 +47,10 @@ from .result import NO_FACE, ImageResult
 CRASHED = "the scoring process crashed on this image"
 PARENT_CHECK_S = 1.0
 READY_TIMEOUT_S = 300.0  # loading the models on a busy 2-core machine
+# Starts in a row that a slot may fail (backing off 1, 2, 4 s...) before, with no process ready
+# anywhere, the images waiting get an error instead of waiting for ever: a broken install must
+# end a batch with one-line errors, not hang it. The pool keeps trying for later work.
+START_FAILURES = 4
 
 
 def too_long(limit_s: float) -> str:
@@ -353,6 +357,17 @@ class ScoringPool:
                 return task
         return None
 
+    def _fail_waiting(self, error: str) -> None:
+        """While no process is ready, give every waiting image `error` (cancelled ones stay
+        cancelled); work handed in later waits for a process again."""
+        with self._lock:
+            if self._ready:
+                return
+            while self._waiting:
+                task = self._waiting.popleft()
+                if task.started or task.future.set_running_or_notify_cancel():
+                    task.future.set_result(task.lost(error))
+
     # one feeding thread per process ------------------------------------------------------------
 
     def _spawn(self, slot: int) -> tuple[Any, Any]:
@@ -409,6 +424,8 @@ class ScoringPool:
                             return
                         failures += 1
                         self._note(slot, None, f"scoring process {slot} {exc}", restarted=False)
+                        if failures >= START_FAILURES:
+                            self._fail_waiting(f"no scoring process could start ({exc})")
                         time.sleep(min(30.0, 0.5 * 2 ** failures))  # a broken install: do not spin
                         continue
                     with self._lock:

@@ -268,3 +268,20 @@ def test_a_bad_image_timeout_is_one_line_and_exit_2(faces, tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "configuration error: FACESCORE_IMAGE_TIMEOUT: 'forever' is not a duration (like 30s, 500ms, 2m, 12h, 7d)"]
+
+
+def test_images_get_an_error_when_no_scoring_process_can_start(faces, tmp_path):
+    """A pool whose processes cannot even start (here: its owner runs from stdin, which `spawn`
+    cannot import again in the child) ends its waiting images with a one-line error after a few
+    backed-off tries, instead of waiting for ever."""
+    script = textwrap.dedent(f"""
+        from facescore_cli.config import Settings
+        from facescore_cli.pool import ScoringPool
+        pool = ScoringPool(Settings.load(), 1).start()
+        print(pool.submit_file({str(faces[0])!r}, "a.jpg").result(120).error, flush=True)
+        pool.close(1.0)
+    """)
+    env = base_env("redis://127.0.0.1:1", tmp_path / "home")
+    res = subprocess.run([sys.executable, "-"], input=script, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.startswith("no scoring process could start (exited while loading the models)"), res.stdout
