@@ -6,7 +6,6 @@ stay fast (rich's console alone costs ~40 ms of imports).
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from typing import TYPE_CHECKING, Any, NoReturn
 

@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .onnxproto import FLOAT, INT64, UINT8, f_bytes, f_chunks, f_int, node, tensor, value_info
+from .onnxproto import FLOAT, UINT8, f_bytes, f_chunks, f_int, node, tensor, value_info
 
 CHIP_SIZE = 150
 DIM = 128
