@@ -9,14 +9,13 @@ image a second time (docs/pictures.md has the figures). Boxes are in pixels of t
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from functools import lru_cache
 from pathlib import Path, PurePath
 
 from PIL import Image, ImageDraw, ImageFont
 
-from . import images
+from . import images, output
 from .errors import FaceScoreError, ImageError
 from .result import FaceResult, ImageResult
 
@@ -108,12 +107,12 @@ def annotate_result(result: ImageResult, out_dir: Path, source: Path | None = No
         raise AnnotateError("the file changed after it was scored; not annotated")
     target.parent.mkdir(parents=True, exist_ok=True)
     if not result.faces:
-        _write_atomic(target, lambda fh: fh.write(data))
+        output.write_atomic(target, data, sync=False)
         return target
     decoded = images.decode(data, work_side=None)  # full size: the boxes are in these pixels
     fmt = Image.registered_extensions().get(target.suffix.lower(), "PNG")
     picture = draw(Image.fromarray(decoded.pixels), result.faces)
-    _write_atomic(target, lambda fh: picture.save(fh, format=fmt, **_SAVE_OPTIONS.get(fmt, {})))
+    output.write_atomic(target, lambda fh: picture.save(fh, format=fmt, **_SAVE_OPTIONS.get(fmt, {})), sync=False)
     return target
 
 
@@ -128,16 +127,3 @@ def annotated(results: Iterable[ImageResult], out_dir: Path,
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             warn(f"--annotate: {result.path}: {reason}")
         yield result
-
-
-def _write_atomic(target: Path, write: Callable) -> None:
-    """Write through a temporary file beside the target, so an interrupted run leaves no half image."""
-    fd, tmp = tempfile.mkstemp(prefix=".annotate-", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-

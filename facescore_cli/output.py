@@ -17,7 +17,7 @@ import statistics
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -179,14 +179,20 @@ class RowWriter:
         self.close()
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text` all at once: a reader (or a kill) sees the old file or the new."""
+def write_atomic(path: Path, content: str | bytes | Callable[[IO[bytes]], object], *, sync: bool = True) -> None:
+    """Replace `path` all at once: a reader (or a kill) sees the old file or the new. `content` is
+    text (written as UTF-8), bytes, or a function that writes to the open temporary file; `sync`
+    flushes it to disk before the rename."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or Path("."))
     try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
+        with os.fdopen(fd, "wb") as fh:
+            if callable(content):
+                content(fh)
+            else:
+                fh.write(content.encode("utf-8") if isinstance(content, str) else content)
+            if sync:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
