@@ -104,10 +104,6 @@ def normalize(row: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def result_rows(result: ImageResult) -> list[dict[str, Any]]:
-    return result.rows()
-
-
 # ----------------------------------------------------------------------------- writing
 
 
