@@ -249,8 +249,6 @@ def in_input_order(results: Iterable[ImageResult], items: list[Item]) -> Iterato
         while nxt in held:
             yield held.pop(nxt)
             nxt += 1
-        while nxt < len(items) and items[nxt].display not in index:  # pragma: no cover
-            nxt += 1
     for i in sorted(held):
         yield held[i]
 
