@@ -64,10 +64,10 @@ def report(
     if to_stdout:
         sys.stdout.write(built.html)
         return
+    from ..output import write_atomic
+
     try:
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(built.html, encoding="utf-8")
-        tmp.replace(out)
+        write_atomic(out, built.html, sync=False)
     except OSError as exc:
         fail(f"cannot write {out}: {exc.strerror or exc}")
     size = len(built.html.encode("utf-8"))
