@@ -257,14 +257,13 @@ class ScoringPool:
                 t.start()
         return self
 
-    def wait_ready(self, timeout: float | None = None, n: int | None = None) -> bool:
-        """Block until `n` (default: all) processes have their models loaded; False on timeout
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until every process has its models loaded; False on timeout
         (`status().last_error` says why, when a process could not start)."""
         self.start()
-        want = self.processes if n is None else n
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            while self._ready < want:
+            while self._ready < self.processes:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
