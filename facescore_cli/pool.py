@@ -194,6 +194,13 @@ class _Task:
         self.display = display
         self.started = False  # its future is running: it can no longer be cancelled
 
+    def claim(self) -> bool:
+        """Mark its future running; False when it was cancelled (then it is dropped, never scored).
+        A retried task is running already."""
+        if not self.started:
+            self.started = self.future.set_running_or_notify_cancel()
+        return self.started
+
     def lost(self, error: str) -> Any:
         """The result of an image whose process was lost on it for good (crashed twice, or killed
         past the time limit): an error row, or kind "crashed" (no retry can help)."""
@@ -349,9 +356,7 @@ class ScoringPool:
     def _next_locked(self) -> _Task | None:
         while self._waiting:
             task = self._waiting.popleft()
-            # A retried task is already running; a cancelled one is dropped here, never scored.
-            if task.started or task.future.set_running_or_notify_cancel():
-                task.started = True
+            if task.claim():
                 self._running += 1
                 return task
         return None
@@ -364,7 +369,7 @@ class ScoringPool:
                 return
             while self._waiting:
                 task = self._waiting.popleft()
-                if task.started or task.future.set_running_or_notify_cancel():
+                if task.claim():
                     task.future.set_result(task.lost(error))
 
     # one feeding thread per process ------------------------------------------------------------
