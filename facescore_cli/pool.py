@@ -226,18 +226,13 @@ class ScoringPool:
     `close()`. Use it as a context manager, or call `close()`.
     """
 
-    def __init__(self, settings: Settings, processes: int, *, max_waiting: int | None = None,
-                 start_method: str = "spawn", ready_timeout_s: float = READY_TIMEOUT_S,
-                 image_timeout_s: float | None = None) -> None:
+    def __init__(self, settings: Settings, processes: int, *, max_waiting: int | None = None) -> None:
         self.settings = settings
         # 0: no limit. The clock starts when the process receives the image, not while it waits.
-        self.image_timeout_s = settings.image_timeout_s if image_timeout_s is None else image_timeout_s
+        self.image_timeout_s = settings.image_timeout_s
         self.processes = max(1, processes)
         self.max_waiting = max_waiting
-        self.ready_timeout_s = ready_timeout_s
-        if start_method not in ("spawn", "fork"):  # a forkserver's children have the server as parent
-            raise ValueError(f"start_method {start_method!r}: use spawn or fork")
-        self._ctx = multiprocessing.get_context(start_method)
+        self._ctx = multiprocessing.get_context("spawn")
         self._lock = threading.Condition()
         self._waiting: collections.deque[_Task] = collections.deque()
         self._threads: list[threading.Thread] = []
@@ -380,7 +375,7 @@ class ScoringPool:
                                  name=f"facescore-scoring-{slot}", daemon=True)
         proc.start()
         child_end.close()
-        deadline = time.monotonic() + self.ready_timeout_s
+        deadline = time.monotonic() + READY_TIMEOUT_S
         while not parent_end.poll(0.2):
             if self._closing or not proc.is_alive() or time.monotonic() > deadline:
                 self._stop(proc, parent_end, 0.0)
