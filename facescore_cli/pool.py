@@ -194,6 +194,13 @@ class _Task:
         self.display = display
         self.started = False  # its future is running: it can no longer be cancelled
 
+    def claim(self) -> bool:
+        """Mark its future running; False when it was cancelled (then it is dropped, never scored).
+        A retried task is running already."""
+        if not self.started:
+            self.started = self.future.set_running_or_notify_cancel()
+        return self.started
+
     def lost(self, error: str) -> Any:
         """The result of an image whose process was lost on it for good (crashed twice, or killed
         past the time limit): an error row, or kind "crashed" (no retry can help)."""
@@ -219,18 +226,13 @@ class ScoringPool:
     `close()`. Use it as a context manager, or call `close()`.
     """
 
-    def __init__(self, settings: Settings, processes: int, *, max_waiting: int | None = None,
-                 start_method: str = "spawn", ready_timeout_s: float = READY_TIMEOUT_S,
-                 image_timeout_s: float | None = None) -> None:
+    def __init__(self, settings: Settings, processes: int, *, max_waiting: int | None = None) -> None:
         self.settings = settings
         # 0: no limit. The clock starts when the process receives the image, not while it waits.
-        self.image_timeout_s = settings.image_timeout_s if image_timeout_s is None else image_timeout_s
+        self.image_timeout_s = settings.image_timeout_s
         self.processes = max(1, processes)
         self.max_waiting = max_waiting
-        self.ready_timeout_s = ready_timeout_s
-        if start_method not in ("spawn", "fork"):  # a forkserver's children have the server as parent
-            raise ValueError(f"start_method {start_method!r}: use spawn or fork")
-        self._ctx = multiprocessing.get_context(start_method)
+        self._ctx = multiprocessing.get_context("spawn")
         self._lock = threading.Condition()
         self._waiting: collections.deque[_Task] = collections.deque()
         self._threads: list[threading.Thread] = []
@@ -257,14 +259,13 @@ class ScoringPool:
                 t.start()
         return self
 
-    def wait_ready(self, timeout: float | None = None, n: int | None = None) -> bool:
-        """Block until `n` (default: all) processes have their models loaded; False on timeout
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until every process has its models loaded; False on timeout
         (`status().last_error` says why, when a process could not start)."""
         self.start()
-        want = self.processes if n is None else n
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            while self._ready < want:
+            while self._ready < self.processes:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
@@ -350,9 +351,7 @@ class ScoringPool:
     def _next_locked(self) -> _Task | None:
         while self._waiting:
             task = self._waiting.popleft()
-            # A retried task is already running; a cancelled one is dropped here, never scored.
-            if task.started or task.future.set_running_or_notify_cancel():
-                task.started = True
+            if task.claim():
                 self._running += 1
                 return task
         return None
@@ -365,7 +364,7 @@ class ScoringPool:
                 return
             while self._waiting:
                 task = self._waiting.popleft()
-                if task.started or task.future.set_running_or_notify_cancel():
+                if task.claim():
                     task.future.set_result(task.lost(error))
 
     # one feeding thread per process ------------------------------------------------------------
@@ -376,7 +375,7 @@ class ScoringPool:
                                  name=f"facescore-scoring-{slot}", daemon=True)
         proc.start()
         child_end.close()
-        deadline = time.monotonic() + self.ready_timeout_s
+        deadline = time.monotonic() + READY_TIMEOUT_S
         while not parent_end.poll(0.2):
             if self._closing or not proc.is_alive() or time.monotonic() > deadline:
                 self._stop(proc, parent_end, 0.0)
