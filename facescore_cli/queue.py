@@ -77,6 +77,11 @@ def _redis_down(settings: Settings, exc: BaseException | str) -> QueueUnavailabl
     return QueueUnavailable(f"Redis at {redact(settings.redis_url)} does not answer: {exc}")
 
 
+def describe(settings: Settings) -> str:
+    """The queue these settings name, for messages: `queue 'facescore' at redis://:***@host`."""
+    return f"queue {settings.queue!r} at {redact(settings.redis_url)}"
+
+
 def redis_client(settings: Settings, timeout: float = 3.0) -> redis.Redis:
     """A plain synchronous client with short timeouts, for quick checks (never for BullMQ)."""
     return redis.Redis.from_url(settings.redis_url, socket_connect_timeout=timeout, socket_timeout=timeout,
@@ -151,7 +156,7 @@ def choose_via(settings: Settings, via: str) -> tuple[str, str]:
         if via == "queue":
             raise
         return "local", f"via auto: scoring locally ({exc})"
-    where = f"queue {settings.queue!r} at {redact(settings.redis_url)}"
+    where = describe(settings)
     if not workers:
         if via == "queue":
             raise NoWorker(f"no live worker on {where}; start one with `facescore worker` or use --via local")
