@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from .. import console
-from .serve import LogLevel
+from .serve import LOG_LEVEL, LogLevel
 from ..console import duration, duration_from_ms_era, err, fail, note, out, settings_or_exit, via_choice, warn
 
 
@@ -224,7 +224,7 @@ def api(
     max_waiting: int = typer.Option(0, "--max-waiting", min=0, metavar="N",
                                     help="Requests that may wait beyond those being scored before the answer is 503 "
                                          "with Retry-After (0 = FACESCORE_API_MAX_WAITING, else 4 per scoring slot)."),
-    log_level: LogLevel = typer.Option(LogLevel.info, "--log-level", help="uvicorn's log level."),
+    log_level: LogLevel = LOG_LEVEL,
 ) -> None:
     """The original REST endpoint: POST /api/score with {"image": "<base64>"}.
 
