@@ -30,16 +30,16 @@ def _num(name: str, raw: str, kind: type) -> float:
         raise ConfigError(f"{name}={raw!r} is not a number") from None
 
 
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}  # "ms" first: it ends in "s"
 
 
 def parse_duration(text: str) -> float:
     """Seconds from `30s`, `500ms`, `2m`, `12h`, `7d` or a bare number of seconds: one way to
     write a time in every option and setting. ValueError, saying what is wrong, otherwise."""
     raw = str(text).strip().lower()
-    for unit in ("ms", "s", "m", "h", "d"):
+    for unit, unit_scale in _UNITS.items():
         if raw.endswith(unit):
-            number, scale = raw[: -len(unit)], _UNITS[unit]
+            number, scale = raw[: -len(unit)], unit_scale
             break
     else:
         number, scale = raw, 1.0

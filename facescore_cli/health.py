@@ -5,7 +5,6 @@ what to do. The checks run side by side, so the report takes as long as the slow
 """
 from __future__ import annotations
 
-import errno
 import os
 import re
 import time
@@ -242,17 +241,12 @@ def check_qdrant(settings: Settings) -> Check:
     """QDRANT_URL: list the collections. Unset: open the embedded store and count its faces."""
     if settings.qdrant_url:
         return _check_qdrant_server(settings)
-    from .store import FaceStore, StoreLocked, StoreUnavailable, embedded_path, legacy_path, lock_path
+    from .store import FaceStore, StoreLocked, StoreUnavailable, embedded_path, legacy_path
 
     folder = embedded_path(settings)
     start = time.perf_counter()
     legacy = legacy_path(settings)
     note = f"; the older store in {legacy} is carried over on first use" if legacy.is_dir() else ""
-
-    def locked() -> Check:
-        return Check("Qdrant", LOCKED, f"the embedded store at {folder} is open in another process (a worker?); "
-                     "only one process can use it — stop that one, or run a Qdrant server and set QDRANT_URL",
-                     _since(start))
 
     if not folder.exists():
         parent = _existing_parent(folder)
@@ -263,13 +257,13 @@ def check_qdrant(settings: Settings) -> Check:
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
         return Check("Qdrant", ERROR, f"the embedded store at {folder} is not a writable folder — fix its "
                      "permissions, or set FACESCORE_HOME or QDRANT_URL", _since(start))
-    if _is_locked(lock_path(settings)):
-        return locked()
     try:  # holds the lock for the time it takes to open the shards (~0.3 s at 100k faces)
         with FaceStore.open(settings, migrate=False) as store:
             faces, versions = store.count(), len(store.collections())
-    except StoreLocked:
-        return locked()
+    except StoreLocked:  # open_at tries the lock first, before reading any shard
+        return Check("Qdrant", LOCKED, f"the embedded store at {folder} is open in another process (a worker?); "
+                     "only one process can use it — stop that one, or run a Qdrant server and set QDRANT_URL",
+                     _since(start))
     except StoreUnavailable as exc:
         return Check("Qdrant", ERROR, f"{exc} — move the folder away to start an empty store, or set QDRANT_URL",
                      _since(start))
@@ -296,26 +290,6 @@ def _check_qdrant_server(settings: Settings) -> Check:
         return Check("Qdrant", UNREACHABLE, f"{_refused(exc, url)} — start Qdrant, or unset QDRANT_URL to use the "
                      "embedded store", _since(start))
     return Check("Qdrant", OK, f"{url}: {count} collection{'s' if count != 1 else ''}", _since(start))
-
-
-def _is_locked(lock_file: Path) -> bool:
-    """Whether another process holds the embedded store's lock file (an flock, see store.lock_path)."""
-    import fcntl
-
-    if not lock_file.exists():
-        return False
-    try:
-        with lock_file.open("r") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    return True
-                raise
-            fcntl.flock(fh, fcntl.LOCK_UN)
-    except OSError:
-        return False
-    return False
 
 
 def _existing_parent(path: Path) -> Path:

@@ -72,6 +72,16 @@ class NoWorker(ServiceUnavailable):
 # -- Redis connections and liveness -----------------------------------------------------------
 
 
+def _redis_down(settings: Settings, exc: BaseException | str) -> QueueUnavailable:
+    """The error for a Redis that does not answer, naming it without its password."""
+    return QueueUnavailable(f"Redis at {redact(settings.redis_url)} does not answer: {exc}")
+
+
+def describe(settings: Settings) -> str:
+    """The queue these settings name, for messages: `queue 'facescore' at redis://:***@host`."""
+    return f"queue {settings.queue!r} at {redact(settings.redis_url)}"
+
+
 def redis_client(settings: Settings, timeout: float = 3.0) -> redis.Redis:
     """A plain synchronous client with short timeouts, for quick checks (never for BullMQ)."""
     return redis.Redis.from_url(settings.redis_url, socket_connect_timeout=timeout, socket_timeout=timeout,
@@ -96,7 +106,7 @@ def ping(settings: Settings, timeout: float = 2.0) -> float:
         client.ping()
         return (time.perf_counter() - start) * 1000.0
     except redis.RedisError as exc:
-        raise QueueUnavailable(f"Redis at {redact(settings.redis_url)} does not answer: {exc}") from None
+        raise _redis_down(settings, exc) from None
     finally:
         client.close()
 
@@ -125,7 +135,7 @@ def live_workers(settings: Settings, timeout: float = 2.0) -> list[dict[str, Any
         keys = list(client.scan_iter(match=WORKER_KEY + "*", count=200))
         return _parse_workers(client.mget(keys) if keys else [], settings.queue)
     except redis.RedisError as exc:
-        raise QueueUnavailable(f"Redis at {redact(settings.redis_url)} does not answer: {exc}") from None
+        raise _redis_down(settings, exc) from None
     finally:
         client.close()
 
@@ -146,7 +156,7 @@ def choose_via(settings: Settings, via: str) -> tuple[str, str]:
         if via == "queue":
             raise
         return "local", f"via auto: scoring locally ({exc})"
-    where = f"queue {settings.queue!r} at {redact(settings.redis_url)}"
+    where = describe(settings)
     if not workers:
         if via == "queue":
             raise NoWorker(f"no live worker on {where}; start one with `facescore worker` or use --via local")
@@ -251,7 +261,7 @@ async def load_batch(settings: Settings, batch_id: str) -> Batch:
             raise KeyError(batch_id)
         raw = await client.lrange(BATCH_KEY + batch_id + ":items", 0, -1)
     except redis.RedisError as exc:
-        raise QueueUnavailable(f"Redis at {redact(settings.redis_url)} does not answer: {exc}") from None
+        raise _redis_down(settings, exc) from None
     finally:
         await client.aclose()
     return Batch(id=batch_id, queue=meta.get("queue", settings.queue), model=meta.get("model", ""),
@@ -406,7 +416,7 @@ class QueueClient:
         return self.bull
 
     def _down(self, exc: BaseException | str) -> QueueUnavailable:
-        return QueueUnavailable(f"Redis at {redact(self.settings.redis_url)} does not answer: {exc}")
+        return _redis_down(self.settings, exc)
 
     # -- liveness ---------------------------------------------------------------------------
 

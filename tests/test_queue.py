@@ -246,12 +246,6 @@ def blackhole():
     server.close()
 
 
-def _settle(server: Blackhole, count: int) -> None:
-    deadline = time.monotonic() + 5
-    while server.connections < count and time.monotonic() < deadline:
-        time.sleep(0.01)
-
-
 def test_a_redis_that_never_answers_is_asked_once_per_retry_not_once_per_caller(blackhole, tmp_path):
     import asyncio
 

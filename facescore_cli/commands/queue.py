@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from .. import console
-from .serve import LogLevel
+from .serve import LOG_LEVEL, LogLevel
 from ..console import duration, duration_from_ms_era, err, fail, note, out, settings_or_exit, via_choice, warn
 
 
@@ -45,7 +45,6 @@ def submit(
     from .. import queue
     from ..cli import collect_inputs, read_inputs
     from ..errors import ServiceUnavailable
-    from ..health import redact
 
     settings = settings_or_exit()
     choice = via_choice(settings, via)
@@ -53,7 +52,7 @@ def submit(
         fail("submit puts images on the queue; --via local makes no sense here (use score or batch)")
     given = read_inputs(inputs, null)
     items, _ = collect_inputs(given)
-    where = f"queue {settings.queue!r} at {redact(settings.redis_url)}"
+    where = queue.describe(settings)
 
     async def put() -> tuple[list[dict], Optional[queue.Batch]]:
         async with queue.QueueClient(settings) as client:
@@ -225,7 +224,7 @@ def api(
     max_waiting: int = typer.Option(0, "--max-waiting", min=0, metavar="N",
                                     help="Requests that may wait beyond those being scored before the answer is 503 "
                                          "with Retry-After (0 = FACESCORE_API_MAX_WAITING, else 4 per scoring slot)."),
-    log_level: LogLevel = typer.Option(LogLevel.info, "--log-level", help="uvicorn's log level."),
+    log_level: LogLevel = LOG_LEVEL,
 ) -> None:
     """The original REST endpoint: POST /api/score with {"image": "<base64>"}.
 
@@ -243,14 +242,14 @@ def api(
     """
     import uvicorn
 
+    from .. import queue
     from ..api import create_app
-    from ..health import redact
 
     settings = settings_or_exit()
     choice = via_choice(settings, via)
     err.print(f"[dim]via {choice}: "
               + ("scoring in this machine's processes" if choice == "local" else
-                 f"queue {settings.queue!r} at {redact(settings.redis_url)}"
+                 queue.describe(settings)
                  + (", local when no worker is alive" if choice == "auto" else "")) + "[/dim]", highlight=False)
     app = create_app(settings, choice, timeout, processes=jobs, max_waiting=max_waiting or None)
     uvicorn.run(app, host=host, port=port, access_log=False, log_level=log_level.value,

@@ -148,9 +148,7 @@ def evaluate(
 
 def training_overlap(arrays: dict, images_dir: Path, ids: list[str]) -> int:
     """How many of these images the bundled OMI head was trained on (by SHA-256; 0 for other heads)."""
-    import hashlib
-
-    from .. import training as T
+    from .. import images, training as T
     from ._omi_training import SHA256_PREFIXES
 
     if not str(arrays.get("version", "")).startswith("omi-"):
@@ -158,7 +156,7 @@ def training_overlap(arrays: dict, images_dir: Path, ids: list[str]) -> int:
     seen = 0
     for ident in ids:
         path = T.image_path(images_dir, ident)
-        if path is not None and hashlib.sha256(path.read_bytes()).hexdigest()[:16] in SHA256_PREFIXES:
+        if path is not None and images.sha256(path.read_bytes())[:16] in SHA256_PREFIXES:
             seen += 1
     return seen
 
