@@ -77,11 +77,6 @@ async def _unless_gone(request: Request, work: "asyncio.Future[Any]") -> Any:
         watch.cancel()
 
 
-def _slots(workers: list[dict[str, Any]]) -> int:
-    """How many images the live workers score at once."""
-    return sum(int(w.get("concurrency") or 1) for w in workers)
-
-
 class Admission:
     """Counts the requests in flight; says how long a refused one should wait."""
 
@@ -166,7 +161,7 @@ def create_app(settings: Settings | None = None, via: str | None = None, timeout
                 raise
             workers = []
         if workers or via == "queue":
-            return "queue", _slots(workers)
+            return "queue", queue.slots(workers)
         return "local", processes
 
     def answer(data: dict[str, Any]) -> JSONResponse:
@@ -249,7 +244,7 @@ def create_app(settings: Settings | None = None, via: str | None = None, timeout
                 info["redis_ms"] = round(await jobs.ping(), 1)
                 workers = await jobs.workers(max_age_s=0.0)
                 info["workers"] = len(workers)
-                info["slots"] = _slots(workers)
+                info["slots"] = queue.slots(workers)
                 queue_ok = bool(workers)
                 if not workers:
                     info["problem"] = f"no live worker on queue {settings.queue!r}"

@@ -119,7 +119,7 @@ def check_redis(settings: Settings) -> Check:
     """PING REDIS_URL, then count the workers whose heartbeat is fresh on FACESCORE_QUEUE."""
     import redis
 
-    from .queue import live_workers
+    from .queue import live_workers, slots
 
     url = redact(settings.redis_url)
     start = time.perf_counter()
@@ -141,8 +141,8 @@ def check_redis(settings: Settings) -> Check:
     if not workers:
         detail = f"{url} answers PING; no live worker on queue {settings.queue!r} — start one with `facescore worker`"
     else:
-        slots = sum(int(w.get("concurrency") or 1) for w in workers)
-        detail = f"{url} answers PING; {len(workers)} live worker(s), {slots} slot(s) on queue {settings.queue!r}"
+        detail = (f"{url} answers PING; {len(workers)} live worker(s), {slots(workers)} slot(s) "
+                  f"on queue {settings.queue!r}")
     return Check("Redis", OK, detail, _since(start), workers=len(workers))
 
 

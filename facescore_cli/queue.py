@@ -123,6 +123,11 @@ def _parse_workers(raw: Iterable[str | None], queue: str) -> list[dict[str, Any]
     return sorted(out, key=lambda w: str(w.get("id")))
 
 
+def slots(workers: list[dict[str, Any]]) -> int:
+    """How many images the live workers (`live_workers`) score at once: their concurrency summed."""
+    return sum(int(w.get("concurrency") or 1) for w in workers)
+
+
 def live_workers(settings: Settings, timeout: float = 2.0) -> list[dict[str, Any]]:
     """The workers whose heartbeat is fresh on `settings.queue`, one dict each: id, host, pid,
     queue, concurrency, model, started, seen, active, processed, failed.
@@ -161,8 +166,7 @@ def choose_via(settings: Settings, via: str) -> tuple[str, str]:
         if via == "queue":
             raise NoWorker(f"no live worker on {where}; start one with `facescore worker` or use --via local")
         return "local", f"via auto: scoring locally (no live worker on {where})"
-    slots = sum(int(w.get("concurrency") or 1) for w in workers)
-    return "queue", f"via {via}: {where}, {len(workers)} worker(s), {slots} slot(s)"
+    return "queue", f"via {via}: {where}, {len(workers)} worker(s), {slots(workers)} slot(s)"
 
 
 # -- job ids ----------------------------------------------------------------------------------

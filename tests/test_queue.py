@@ -368,3 +368,10 @@ def test_the_remembered_failure_ends_when_redis_comes_back(tmp_path):
         assert asyncio.run(scene()) == []
     finally:
         server.stop()
+
+
+def test_slots_sums_the_live_workers_concurrency() -> None:
+    """queue.slots: what choose_via, health and the API report as the workers' slots (a worker
+    that does not say its concurrency counts as one)."""
+    assert queue.slots([]) == 0
+    assert queue.slots([{"concurrency": 2}, {"concurrency": 4}, {}]) == 7
