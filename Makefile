@@ -2,6 +2,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# An editable install leaves our modules without bytecode, and with PYTHONDONTWRITEBYTECODE set
+# (as on our CI machines) every command compiled them again: ~0.04 s of each start, ~0.1 s of a
+# score. A wheel install compiles them; this does the same for the checkout.
+COMPILE := $(BIN)/python -m compileall -q facescore_cli
 
 .PHONY: demo test bench clean
 
@@ -12,6 +16,7 @@ $(BIN)/python:
 # Install, then score the bundled examples/ into results.csv (local models, no services needed).
 demo: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
+	$(COMPILE)
 	$(BIN)/facescore batch examples --out results.csv --force
 	$(BIN)/facescore score examples/group.jpg
 
@@ -27,6 +32,7 @@ bench: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m pip install --quiet --no-deps face_recognition
 	$(BIN)/python -m pip install --quiet 'setuptools<81'
+	$(COMPILE)
 	$(BIN)/python bench/bench_batch.py --kind both
 	$(BIN)/python bench/bench_startup.py
 

@@ -11,7 +11,7 @@ import shlex
 import signal
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -25,7 +25,7 @@ from .console import err, fail, note, settings_or_exit, warn
 if TYPE_CHECKING:
     from .config import Settings
     from .output import RowWriter, Tally
-    from .pipeline import Item
+    from .pipeline import Item, LocalScorer
     from .result import ImageResult
 
 _QUIET = {"-q", "--quiet"}
@@ -42,7 +42,7 @@ class FaceScoreGroup(TyperGroup):
     def main(self, args: Any = None, *rest: Any, **kwargs: Any) -> Any:
         argv = list(sys.argv[1:] if args is None else args)
         console.ARGV[:] = argv
-        if argv == ["--version"]:  # before any parsing: typer's parameter parsing imports pydantic (~0.1 s)
+        if argv == ["--version"]:  # before any parsing
             print(__version__)
             return 0 if kwargs.get("standalone_mode", True) is False else sys.exit(0)
         kept: list[str] = []
@@ -61,7 +61,6 @@ class FaceScoreGroup(TyperGroup):
         for p in self.params:  # typer adds --install-completion and --show-completion after __init__
             if getattr(p, "is_flag", False):
                 p.metavar = ""
-                _plain_flag(p)
         standalone = kwargs.pop("standalone_mode", True)
         if not standalone:
             return super().main(kept, *rest, standalone_mode=False, **kwargs)
@@ -82,18 +81,30 @@ class FaceScoreGroup(TyperGroup):
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
-def _plain_flag(param: Any) -> None:
-    """A flag's value is already a bool (or a count): typer 0.29 would still build a pydantic
-    adapter for it, and importing pydantic costs ~0.1 s of every `--help`. Flags skip that; any
-    other typer keeps its own way (this only touches what exists)."""
-    try:
-        from typer._coercion import PassThroughRuntimeParam
-    except ImportError:  # pragma: no cover - another typer
-        return
-    if hasattr(param, "_runtime_param") and hasattr(param, "type_descriptor"):
-        annotation = int if getattr(param, "count", False) else bool
-        param._runtime_param = PassThroughRuntimeParam(annotation=annotation,
-                                                        parameter_info=param.type_descriptor.parameter_info)
+class _Untyped:
+    """An argument's type whose help shows no `<str>` column; it parses as the type it wraps."""
+
+    def __init__(self, wrapped: Any) -> None:
+        self._wrapped = wrapped
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._wrapped, name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._wrapped(*args, **kwargs)
+
+    def get_metavar(self, *args: Any, **kwargs: Any) -> str:
+        return ""
+
+
+def _plain_argument(p: Any) -> None:
+    """`INPUT...` in the usage line rather than typer's `{INPUT...}`, and no type column."""
+    p.type = _Untyped(p.type)
+    p.get_usage_pieces = lambda ctx, p=p: [_argument_metavar(p) if p.required else f"[{_argument_metavar(p)}]"]
+
+
+def _argument_metavar(p: Any) -> str:
+    return p.metavar or p.name.upper() + ("..." if p.nargs != 1 else "")
 
 
 def _quiet_help_option(cmd: Any) -> None:
@@ -103,7 +114,6 @@ def _quiet_help_option(cmd: Any) -> None:
         opt = made(ctx)
         if opt is not None:
             opt.metavar = ""
-            _plain_flag(opt)
         return opt
 
     cmd.get_help_option = get_help_option
@@ -115,7 +125,6 @@ def _tidy_help(group: Any) -> None:
     for p in group.params:
         if getattr(p, "is_flag", False) or getattr(p, "count", False):
             p.metavar = ""
-            _plain_flag(p)
     for cmd in group.commands.values():
         if hasattr(cmd, "commands"):
             _tidy_help(cmd)
@@ -123,13 +132,11 @@ def _tidy_help(group: Any) -> None:
         _quiet_help_option(cmd)
         for p in cmd.params:
             if p.param_type_name == "argument":  # its metavar is its name; no type column, no braces
-                p.display_type_rich = lambda ctx: None
-                p._usage_display_name = (lambda p=p: p.display_name_raw if p.required else f"[{p.display_name_raw}]")
+                _plain_argument(p)
             if p.metavar is not None:
                 continue
             if getattr(p, "is_flag", False) or getattr(p, "count", False):
                 p.metavar = ""
-                _plain_flag(p)
             elif p.param_type_name == "argument":
                 p.metavar = p.name.upper() + ("..." if p.nargs != 1 else "")
             else:
@@ -167,19 +174,40 @@ ANNOTATE = typer.Option(None, "--annotate", metavar="DIR", show_default=False,
 
 
 def _resolve_via(settings: Settings, via: Optional[Via]) -> str:
-    """local or queue. Silent unless the queue is used (or -v): a user who never asked for a
-    queue hears nothing about Redis. --via queue without Redis or a live worker exits 2."""
+    """local or queue (`_ask_via`, waited for)."""
+    return _ask_via(settings, via)()
+
+
+def _ask_via(settings: Settings, via: Optional[Via]) -> Callable[[], str]:
+    """A call that returns local or queue. Silent unless the queue is used (or -v): a user who
+    never asked for a queue hears nothing about Redis. --via queue without Redis or a live worker
+    exits 2 when called.
+
+    With --via auto or queue the question (redis-py's import and a look at the workers) runs in a
+    forked child (`forked.Forked`) from now on, so the caller can load the models meanwhile."""
     choice = console.via_choice(settings, via.value if via else None)
     if choice == "local":
-        return "local"
+        return lambda: "local"
+    from .errors import ServiceUnavailable
+    from .forked import Forked
+
+    asking = Forked(_choose_via, settings, choice)
+
+    def answer() -> str:
+        try:
+            mode, why = asking.result()
+        except ServiceUnavailable as exc:
+            fail(f"--via queue: {exc}")
+        note(why, level=0 if mode == "queue" else 1)
+        return mode
+
+    return answer
+
+
+def _choose_via(settings: Settings, choice: str) -> tuple[str, str]:
     from . import queue
 
-    try:
-        mode, why = queue.choose_via(settings, choice)
-    except queue.ServiceUnavailable as exc:
-        fail(f"--via queue: {exc}")
-    note(why, level=0 if mode == "queue" else 1)
-    return mode
+    return queue.choose_via(settings, choice)
 
 
 def read_inputs(inputs: list[str], null: bool) -> list[str]:
@@ -215,11 +243,13 @@ def collect_inputs(given: list[str]) -> tuple[list[Item], int]:
 
 
 def _results(items: list[Item], settings: Settings, mode: str, jobs: int, store: bool,
-             ordered: bool = False) -> tuple[Iterator[ImageResult], Iterator[ImageResult]]:
-    """(the scorer's results, the same through the face store), from the path `_resolve_via`
+             ordered: bool = False, local: LocalScorer | None = None,
+             ) -> tuple[Iterator[ImageResult], Iterator[ImageResult]]:
+    """(the scorer's results, the same through the face store), from the path `_ask_via`
     chose, as they arrive or, `ordered`, in input order: then the store also sees the faces in
     input order, so `store_rank` does not depend on which process finished first. The first is
-    returned too, so that a stopped run can close it."""
+    returned too, so that a stopped run can close it. `local`: the in-process scorer to use
+    when jobs is 1 (its models may be loading already)."""
     from .store import remember_all
 
     if mode == "queue":
@@ -230,7 +260,7 @@ def _results(items: list[Item], settings: Settings, mode: str, jobs: int, store:
     else:
         from . import pipeline
 
-        raw = pipeline.score_items(items, settings, jobs)
+        raw = pipeline.score_items(items, settings, jobs, local=local)
     return raw, remember_all(in_input_order(raw, items) if ordered else raw, settings, warn, enabled=store)
 
 
@@ -330,9 +360,13 @@ def score(
     settings = settings_or_exit()
     _annotate_ready(annotate_to)
     given = read_inputs(inputs, null)
-    mode = _resolve_via(settings, via)
-    items, _ = collect_inputs(given)
-    raw, results = _results(items, settings, mode, jobs=1, store=store)
+    items, _ = collect_inputs(given)  # imports numpy and Pillow, which the child below inherits
+    answer = _ask_via(settings, via)
+    from .pipeline import LocalScorer
+
+    # The models load while the child decides local or queue: the common answer is local.
+    local = LocalScorer(settings)
+    raw, results = _results(items, settings, answer(), jobs=1, store=store, local=local)
     collected = list(_annotating(results, annotate_to))
     if fmt == "json":
         import json

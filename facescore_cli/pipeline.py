@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
@@ -66,10 +67,26 @@ def default_jobs() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def score_items(items: list[Item], settings: Settings, jobs: int) -> Iterator[ImageResult]:
+class LocalScorer:
+    """The in-process `Scorer` for one-process runs, its models loading in a thread from the
+    moment it is made; `ready()` waits for them. `score` makes one before it knows whether the
+    queue will score instead, so the load overlaps that question."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._scorer = Scorer.from_settings(settings)
+        self._loading = threading.Thread(target=warm_up, args=(self._scorer,), name="warm-up", daemon=True)
+        self._loading.start()
+
+    def ready(self) -> Scorer:
+        self._loading.join()
+        return self._scorer
+
+
+def score_items(items: list[Item], settings: Settings, jobs: int,
+                local: LocalScorer | None = None) -> Iterator[ImageResult]:
     """Yield one ImageResult per item as soon as it is ready (not in input order).
 
-    With jobs > 1 the models load once in each process of a `ScoringPool`; a window of work keeps
+    With jobs 1 the images are scored in this process (by `local` when given). With jobs > 1 the models load once in each process of a `ScoringPool`; a window of work keeps
     memory flat for 100k files. A process that dies is replaced and its image retried once (an
     image that crashes two processes comes back as an error row); closing the generator early,
     or the death of this process, stops the scoring processes.
@@ -78,8 +95,7 @@ def score_items(items: list[Item], settings: Settings, jobs: int) -> Iterator[Im
         return
     jobs = max(1, min(jobs, len(items)))
     if jobs == 1:
-        scorer = Scorer.from_settings(settings)
-        warm_up(scorer)
+        scorer = (local or LocalScorer(settings)).ready()
         for item in items:
             yield scorer.score_file(item.path, item.display)
         return

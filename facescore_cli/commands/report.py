@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 
 from ..console import err, fail
 
@@ -74,6 +73,8 @@ def report(
     note = f", {built.missing} image(s) missing or changed" if built.missing else ""
     if bad:
         note += f", {bad} line(s) not understood"
+    from rich.markup import escape  # here: rich.markup costs ~30 ms of every start-up
+
     err.print(f"wrote {escape(str(out))}: {built.rows:,} rows, {built.images:,} images, "
               f"{size / 1e6:.1f} MB in {built.seconds:.1f} s{escape(note)}", highlight=False)
 

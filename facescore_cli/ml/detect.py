@@ -42,8 +42,13 @@ HOG_BOX_DX, HOG_BOX_DY, HOG_BOX_SIDE = -0.073, 0.1197, 4.0617
 
 def load_models() -> None:
     """Load the detector's weights now rather than on the first image."""
-    mtcnn._sessions()
+    load_sessions()
     models.landmarks_5()
+
+
+def load_sessions() -> None:
+    """Only the MTCNN networks' onnxruntime sessions (`load_models` without dlib's landmarks)."""
+    mtcnn._sessions()
 
 
 def detect(image: DecodedImage, *, min_face: int = 40) -> list[Face]:

@@ -149,7 +149,7 @@ class Head:
         self._krr_bias = arrays["krr_bias"].astype(np.float64)  # (T,)
         # (gamma, its outputs, their dual columns), made once rather than for every face
         self._gamma_groups = [(g, self._gamma == g, np.ascontiguousarray(self._dual[:, self._gamma == g]))
-                              for g in np.unique(self._gamma)]
+                              for g in sorted(set(self._gamma.tolist()))]  # np.unique's first call imports ~50 ms
         self._blend = arrays["blend"].astype(np.float64)  # (T,) weight of the kernel model
         self._ref_scores = np.sort(arrays["ref_scores"].astype(np.float64))
         self._ref_mean = arrays["ref_mean"].astype(np.float64)  # (T,)
