@@ -6,6 +6,7 @@ models are imported inside the commands that need them.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
@@ -14,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, ContextManager, Optional
 
 import typer
 from typer.core import TyperGroup
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from .config import Settings
     from .output import RowWriter, Tally
     from .pipeline import Item, LocalScorer
+    from .pool import ScoringPool
     from .result import ImageResult
 
 _QUIET = {"-q", "--quiet"}
@@ -243,13 +245,14 @@ def collect_inputs(given: list[str]) -> tuple[list[Item], int]:
 
 
 def _results(items: list[Item], settings: Settings, mode: str, jobs: int, store: bool,
-             ordered: bool = False, local: LocalScorer | None = None,
+             ordered: bool = False, local: LocalScorer | None = None, pool: ScoringPool | None = None,
              ) -> tuple[Iterator[ImageResult], Iterator[ImageResult]]:
     """(the scorer's results, the same through the face store), from the path `_ask_via`
     chose, as they arrive or, `ordered`, in input order: then the store also sees the faces in
     input order, so `store_rank` does not depend on which process finished first. The first is
     returned too, so that a stopped run can close it. `local`: the in-process scorer to use
-    when jobs is 1 (its models may be loading already)."""
+    when jobs is 1 (its models may be loading already); `pool`: the scoring processes to use when
+    jobs > 1 (started already; not closed here)."""
     from .store import remember_all
 
     if mode == "queue":
@@ -260,7 +263,7 @@ def _results(items: list[Item], settings: Settings, mode: str, jobs: int, store:
     else:
         from . import pipeline
 
-        raw = pipeline.score_items(items, settings, jobs, local=local)
+        raw = pipeline.score_items(items, settings, jobs, local=local, pool=pool)
     return raw, remember_all(in_input_order(raw, items) if ordered else raw, settings, warn, enabled=store)
 
 
@@ -572,57 +575,73 @@ def batch(
     settings = settings_or_exit()
     _annotate_ready(annotate_to)
     given = read_inputs(inputs, null)
-    mode = _resolve_via(settings, via)
-    items, skipped = collect_inputs(given)
+    # The scoring processes load their models while this one collects the inputs and imports
+    # what it writes with (~0.2 s of a batch): at once when the answer is sure to be local.
+    with _early_pool(settings, via, jobs, given) as pool:
+        mode = _resolve_via(settings, via)
+        items, skipped = collect_inputs(given)
 
-    keep: list[dict[str, str]] = []
-    resumed = 0
-    append = False
-    if resume and out_path is not None and out_path.is_file() and out_path.stat().st_size > 0:
-        items, keep, resumed = _plan_resume(out_path, kind, items)
-        append = kind != "json"
-        if not items:
-            note(f"nothing to score: all {resumed} images are already in {out_path}")
-            raise typer.Exit(0)
+        keep: list[dict[str, str]] = []
+        resumed = 0
+        append = False
+        if resume and out_path is not None and out_path.is_file() and out_path.stat().st_size > 0:
+            items, keep, resumed = _plan_resume(out_path, kind, items)
+            append = kind != "json"
+            if not items:
+                note(f"nothing to score: all {resumed} images are already in {out_path}")
+                raise typer.Exit(0)
 
-    from .output import RowWriter, Tally, score_summary, summary_table
+        from .output import RowWriter, Tally, score_summary, summary_table
 
-    tally = Tally()
-    writer = RowWriter(out_path, kind, append=append, keep=keep if kind == "json" else None)
-    n_jobs = jobs if jobs > 0 else _default_jobs()
-    raw, stream = _results(items, settings, mode, n_jobs, store, ordered)
-    stream = _annotating(stream, annotate_to)
-    progress = _Progress(len(items))
-    try:
-        with stop_signals(), writer, progress:
-            for r in stream:
-                writer.write(r)
-                tally.add(r)
-                if r.failed:
-                    progress.print(f"[red]failed[/red] {_esc(r.path)}: {_esc(r.error or '')}")
-                progress.advance()
-    except (Stopped, KeyboardInterrupt) as exc:
-        signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
-        for gen in (stream, raw):  # finish or drop the work in flight, close the store
-            close = getattr(gen, "close", None)
-            if close:
-                close()
-        name = signal.Signals(signum).name
-        where = "stdout" if to_stdout else str(out_path)
-        console.error(f"stopped by {name}: {tally.images} of {len(items)} images written to {where}")
-        if not to_stdout:
-            again = resume_command(out)
-            stdin = " (with the same paths on stdin)" if "-" in inputs else ""
-            err.print(f"to finish, run{stdin}: {again}", highlight=False, soft_wrap=True)
-        raise typer.Exit(128 + signum) from None
-    if console.VERBOSITY >= 0:
-        err.print(summary_table(tally, progress.elapsed, skipped=skipped, resumed=resumed))
-        text = score_summary(tally)
-        if text:
-            err.print(text, highlight=False, soft_wrap=True)
-        if not to_stdout:
-            note(f"wrote {out_path}")
-    raise typer.Exit(_exit_code(tally.failed > 0))
+        tally = Tally()
+        writer = RowWriter(out_path, kind, append=append, keep=keep if kind == "json" else None)
+        n_jobs = jobs if jobs > 0 else _default_jobs()
+        raw, stream = _results(items, settings, mode, n_jobs, store, ordered, pool=pool)
+        stream = _annotating(stream, annotate_to)
+        progress = _Progress(len(items))
+        try:
+            with stop_signals(), writer, progress:
+                for r in stream:
+                    writer.write(r)
+                    tally.add(r)
+                    if r.failed:
+                        progress.print(f"[red]failed[/red] {_esc(r.path)}: {_esc(r.error or '')}")
+                    progress.advance()
+        except (Stopped, KeyboardInterrupt) as exc:
+            signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
+            for gen in (stream, raw):  # finish or drop the work in flight, close the store
+                close = getattr(gen, "close", None)
+                if close:
+                    close()
+            name = signal.Signals(signum).name
+            where = "stdout" if to_stdout else str(out_path)
+            console.error(f"stopped by {name}: {tally.images} of {len(items)} images written to {where}")
+            if not to_stdout:
+                again = resume_command(out)
+                stdin = " (with the same paths on stdin)" if "-" in inputs else ""
+                err.print(f"to finish, run{stdin}: {again}", highlight=False, soft_wrap=True)
+            raise typer.Exit(128 + signum) from None
+        if console.VERBOSITY >= 0:
+            err.print(summary_table(tally, progress.elapsed, skipped=skipped, resumed=resumed))
+            text = score_summary(tally)
+            if text:
+                err.print(text, highlight=False, soft_wrap=True)
+            if not to_stdout:
+                note(f"wrote {out_path}")
+        raise typer.Exit(_exit_code(tally.failed > 0))
+
+
+def _early_pool(settings: Settings, via: Optional[Via], jobs: int, given: list[str]) -> ContextManager[ScoringPool | None]:
+    """The batch's scoring processes, started now when it will score locally with more than one
+    (--via local, or FACESCORE_VIA=local), else None; closed on leaving the block."""
+    n = jobs if jobs > 0 else _default_jobs()
+    if all(os.path.isfile(g) for g in given):  # files only: no more processes than files
+        n = min(n, len(given))
+    if n <= 1 or console.via_choice(settings, via.value if via else None) != "local":
+        return contextlib.nullcontext()
+    from .pool import ScoringPool
+
+    return ScoringPool(settings, n)
 
 
 def _plan_resume(out_path: Path, kind: str, items: list[Item]) -> tuple[list[Item], list[dict[str, str]], int]:

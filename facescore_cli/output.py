@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from .ml.head import TRAITS
+from .ml.ratings import TRAITS
 from .result import COLUMNS, NO_FACE, ImageResult, trait_column
 
 if TYPE_CHECKING:

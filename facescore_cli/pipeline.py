@@ -1,6 +1,7 @@
 """Finding input files and scoring many of them in N processes, results as they are produced."""
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -83,10 +84,11 @@ class LocalScorer:
 
 
 def score_items(items: list[Item], settings: Settings, jobs: int,
-                local: LocalScorer | None = None) -> Iterator[ImageResult]:
+                local: LocalScorer | None = None, pool: ScoringPool | None = None) -> Iterator[ImageResult]:
     """Yield one ImageResult per item as soon as it is ready (not in input order).
 
-    With jobs 1 the images are scored in this process (by `local` when given). With jobs > 1 the models load once in each process of a `ScoringPool`; a window of work keeps
+    With jobs 1 the images are scored in this process (by `local` when given). With jobs > 1 they
+    are scored by `pool` when given (its owner closes it), else by a pool of their own; the models load once in each process of a `ScoringPool`; a window of work keeps
     memory flat for 100k files. A process that dies is replaced and its image retried once (an
     image that crashes two processes comes back as an error row); closing the generator early,
     or the death of this process, stops the scoring processes.
@@ -94,14 +96,14 @@ def score_items(items: list[Item], settings: Settings, jobs: int,
     if not items:
         return
     jobs = max(1, min(jobs, len(items)))
-    if jobs == 1:
+    if jobs == 1 and pool is None:
         scorer = (local or LocalScorer(settings)).ready()
         for item in items:
             yield scorer.score_file(item.path, item.display)
         return
     todo = iter(items)
     window = jobs * 4
-    with ScoringPool(settings, jobs) as pool:
+    with contextlib.nullcontext(pool) if pool is not None else ScoringPool(settings, jobs) as pool:
         inflight: set[Future[ImageResult]] = set()
         while True:
             for item in todo:

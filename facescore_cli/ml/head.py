@@ -42,32 +42,9 @@ import numpy as np
 
 from . import resnet
 from .features import CHIP_STATS_DIM
+from .ratings import FORBIDDEN, OUTPUTS, SCORE_TARGET, TRAITS, VIBE_WORDS  # noqa: F401 (also read as head.*)
 from .types import Face, Prediction
 
-SCORE_TARGET = "attractive"
-TRAITS = (
-    "trustworthy", "smart", "happy", "outgoing", "dominant", "cute", "memorable",
-    "well-groomed", "alert", "typical", "familiar", "smug", "dorky", "age",
-)  # fmt: skip
-OUTPUTS = (SCORE_TARGET, *TRAITS)
-VIBE_WORDS = {
-    "happy": "cheerful",
-    "outgoing": "outgoing",
-    "smart": "smart",
-    "trustworthy": "trustworthy",
-    "dominant": "bold",
-    "cute": "cute",
-    "well-groomed": "polished",
-    "alert": "alert",
-    "memorable": "striking",
-    "smug": "smug",
-    "dorky": "quirky",
-}
-# The OMI README's attributes that must never be output (fairness reports only).
-FORBIDDEN = (
-    "asian", "middle-eastern", "hispanic", "islander", "native", "black", "white", "skin-color",
-    "gay", "liberal", "godly", "privileged", "electable", "looks-like-you", "gender", "weight",
-)  # fmt: skip
 # The layout of embed.embed's vector, defined here because embed imports dlib and the head stays
 # numpy only (resnet and features import numpy alone).
 RESNET_DIM = resnet.DIM

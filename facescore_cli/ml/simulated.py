@@ -10,7 +10,7 @@ import hashlib
 
 import numpy as np
 
-from .head import TRAITS, VIBE_WORDS
+from .ratings import TRAITS, VIBE_WORDS
 from .types import Face, Prediction
 
 MODEL = "simulated-v1"
