@@ -365,10 +365,12 @@ def score(
     given = read_inputs(inputs, null)
     items, _ = collect_inputs(given)  # imports numpy and Pillow, which the child below inherits
     answer = _ask_via(settings, via)
-    from .pipeline import LocalScorer
+    local = None
+    if console.via_choice(settings, via.value if via else None) != "queue":
+        from .pipeline import LocalScorer
 
-    # The models load while the child decides local or queue: the common answer is local.
-    local = LocalScorer(settings)
+        # The models load while the child decides local or queue: the common answer is local.
+        local = LocalScorer(settings)
     raw, results = _results(items, settings, answer(), jobs=1, store=store, local=local)
     collected = list(_annotating(results, annotate_to))
     if fmt == "json":

@@ -75,7 +75,9 @@ class LocalScorer:
 
     def __init__(self, settings: Settings) -> None:
         self._scorer = Scorer.from_settings(settings)
-        self._loading = threading.Thread(target=warm_up, args=(self._scorer,), name="warm-up", daemon=True)
+        # Not a daemon: the interpreter waits for it at exit. Ended mid-load (the queue answered,
+        # or the command failed), onnxruntime's C++ aborted the process ("terminate called").
+        self._loading = threading.Thread(target=warm_up, args=(self._scorer,), name="warm-up")
         self._loading.start()
 
     def ready(self) -> Scorer:

@@ -63,7 +63,7 @@ class LocalBackend:
         # Errors surface below, where the same calls are made again (they keep only successes).
         _quietly(lambda: __import__("onnxruntime"))
         sessions = threading.Thread(target=_quietly, args=(detect.load_sessions, lambda: resnet.session(self.cache_dir)),
-                                    name="onnx-sessions", daemon=True)
+                                    name="onnx-sessions")
         sessions.start()
         models.landmarks_5()
         load_head()

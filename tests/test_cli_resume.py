@@ -51,6 +51,34 @@ def test_another_spelling_of_the_folder_adds_no_row(clean_env: Path, photos: Pat
     assert out.read_bytes() == before
 
 
+def _live_children() -> list[str]:
+    """The command lines of the processes (not zombies) whose parent is this test process, but
+    multiprocessing's resource tracker, which lives as long as its owner by design."""
+    me, found = os.getpid(), []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            pid, rest = stat.read_text().split(" (", 1)
+            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        state, ppid = rest.rsplit(") ", 1)[1].split()[:2]
+        if int(ppid) == me and state != "Z" and "resource_tracker" not in cmdline:
+            found.append(f"{pid}: {cmdline}")
+    return found
+
+
+def test_nothing_to_score_stops_the_scoring_processes_started_early(clean_env: Path, photos: Path,
+                                                                      tmp_path: Path) -> None:
+    # With --via local, batch starts its scoring processes before it reads --out; when --resume
+    # then finds nothing to do, they must go as well.
+    out = tmp_path / "r.csv"
+    assert invoke("batch", str(photos), "--out", str(out), "--via", "local", "--no-store", "--jobs", "2").exit_code == 0
+    assert _live_children() == []
+    res = invoke("batch", str(photos), "--out", str(out), "--resume", "--via", "local", "--no-store", "--jobs", "2")
+    assert res.exit_code == 0 and "nothing to score" in res.stderr
+    assert _live_children() == []
+
+
 def test_moved_folder_is_recognised_by_content(clean_env: Path, photos: Path, tmp_path: Path) -> None:
     out = tmp_path / "r.csv"
     os.chdir(tmp_path)
