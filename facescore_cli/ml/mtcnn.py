@@ -351,18 +351,39 @@ def _square(boxes: np.ndarray) -> np.ndarray:
     return boxes
 
 
+# Up to this many boxes NMS compares all pairs at once; beyond, box by box (memory grows as n^2).
+# P-Net gives each level ~20-60 boxes on a portrait or a 1600x1200 group photo.
+NMS_ALL_PAIRS_MAX = 512
+
+
 def _nms(boxes: np.ndarray, threshold: float, by_min: bool = False) -> np.ndarray:
-    x1, y1, x2, y2, s = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3], boxes[:, 4]
-    area = (x2 - x1 + 1) * (y2 - y1 + 1)
-    order = np.argsort(s)
-    pick = []
-    while order.size:
-        i = order[-1]
-        pick.append(i)
-        rest = order[:-1]
-        iw = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + 1)
-        ih = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + 1)
-        inter = iw * ih
-        denom = np.minimum(area[i], area[rest]) if by_min else area[i] + area[rest] - inter
-        order = rest[inter / denom <= threshold]
-    return np.asarray(pick, dtype=np.int64)
+    """Indices of the boxes that greedy non-maximum suppression keeps, best score first: a box
+    goes when it overlaps a kept, better one by more than `threshold` (intersection over union,
+    or over the smaller box with `by_min`)."""
+    order = np.argsort(boxes[:, 4])[::-1]
+    b = boxes[order]
+    keep = np.ones(len(b), bool)
+    if len(b) > NMS_ALL_PAIRS_MAX:
+        rest = np.arange(len(b))
+        while rest.size:
+            gone = ~(_overlap(b[rest[:1]], b[rest[1:]], by_min)[0] <= threshold)
+            keep[rest[1:][gone]] = False
+            rest = rest[1:][~gone]
+        return order[keep]
+    # `<=` keeps, so that a degenerate box's NaN overlap suppresses it, as it always did.
+    apart = _overlap(b, b, by_min) <= threshold
+    for i in range(len(b)):
+        if keep[i]:
+            keep[i + 1:] &= apart[i, i + 1:]
+    return order[keep]
+
+
+def _overlap(a: np.ndarray, b: np.ndarray, by_min: bool) -> np.ndarray:
+    """(len(a), len(b)) overlaps of boxes x1, y1, x2, y2 (inclusive pixel corners)."""
+    ax1, ay1, ax2, ay2 = (a[:, k, None] for k in range(4))
+    bx1, by1, bx2, by2 = (b[None, :, k] for k in range(4))
+    iw = np.maximum(0.0, np.minimum(ax2, bx2) - np.maximum(ax1, bx1) + 1)
+    ih = np.maximum(0.0, np.minimum(ay2, by2) - np.maximum(ay1, by1) + 1)
+    inter = iw * ih
+    area_a, area_b = (ax2 - ax1 + 1) * (ay2 - ay1 + 1), (bx2 - bx1 + 1) * (by2 - by1 + 1)
+    return inter / (np.minimum(area_a, area_b) if by_min else area_a + area_b - inter)
