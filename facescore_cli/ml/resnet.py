@@ -467,25 +467,28 @@ def _build_optimized(model: str | bytes, folder: Path, machine: str):
     """A session on the plain `model` that also writes onnxruntime's optimized model (the graph
     in `_OPTIMIZED_MODEL`, the weights apart in `_OPTIMIZED_WEIGHTS`, which the next processes map
     instead of reading) into `folder`, once it gives the plain model's outputs bit for bit.
-    Written aside and renamed into place, so a folder is complete or absent; where the folder
-    cannot be written, just the plain session."""
+    Written aside and renamed into place, so a folder is complete or absent; where it cannot be
+    written (no room, no permission), just the plain session."""
     import onnxruntime as ort
 
-    opts = _session_options()
     try:
         tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
     except OSError:
-        return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(model, _session_options(), providers=["CPUExecutionProvider"])
     try:
+        opts = _session_options()
         opts.optimized_model_filepath = str(tmp / _OPTIMIZED_MODEL)
         opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", _OPTIMIZED_WEIGHTS)
         opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         opts.log_severity_level = 3      # not the warning that the file suits this machine only: we key it so
-        sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+        try:
+            sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+        except Exception:  # the model, or writing the optimized one: a damaged model raises again here
+            return ort.InferenceSession(model, _session_options(), providers=["CPUExecutionProvider"])
         _publish(sess, tmp, folder, machine)
+        return sess
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return sess
 
 
 def _publish(sess, tmp: Path, folder: Path, machine: str) -> None:
