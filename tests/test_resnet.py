@@ -9,6 +9,9 @@ summation order) and every cosine must be >= 0.9999. Two broken variants of the 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -179,3 +182,109 @@ def test_model_cache_in_an_unwritable_place_builds_in_memory(tmp_path):
     assert resnet.cached_model(blocker / "cache") is None
     sess = resnet.open_session(blocker / "cache")
     assert sess.run(["descriptors"], {"chips": np.zeros((1, 150, 150, 3), np.uint8)})[0].shape == (1, 128)
+
+
+def optimized_folder(cache: Path) -> Path:
+    [folder] = [p for p in cache.iterdir() if p.is_dir()]
+    return folder
+
+
+def outputs(sess, chips) -> list[np.ndarray]:
+    return sess.run(["descriptors", "stage3"], {"chips": np.stack(chips)})
+
+
+@pytest.mark.skipif(resnet.machine_key() is None, reason="no CPU features to key an optimized model by")
+def test_optimized_model_is_cached_and_equals_the_plain_model_bit_for_bit(tmp_path, chips):
+    cache = tmp_path / "cache"
+    first = resnet.open_session(cache)                     # builds the plain model and the optimized one
+    folder = optimized_folder(cache)
+    assert folder.name.startswith(resnet.cached_model(cache).stem + "-ort-")
+    assert sorted(p.name for p in folder.iterdir()) == ["model.onnx", "stamp", "weights.bin"]
+    assert (folder / "weights.bin").stat().st_size > 20_000_000 and (folder / "model.onnx").stat().st_size < 1_000_000
+    assert (folder / "stamp").read_text().startswith(resnet.machine_key() + "\n")
+    assert (folder / "stamp").read_text().endswith("\nok\n")
+    assert not [p.name for p in cache.iterdir() if p.name.startswith(".")]  # no temporary left behind
+
+    # the next session comes from the optimized files alone: the plain model, garbled, is not read
+    plain_file = resnet.cached_model(cache)
+    plain = ort.InferenceSession(str(plain_file), resnet._session_options(), providers=["CPUExecutionProvider"])
+    plain_file.write_bytes(b"garbled")
+    (folder / "old").touch()
+    second = resnet.open_session(cache)
+    assert plain_file.read_bytes() == b"garbled" and (folder / "old").exists()  # nothing built again
+    want = outputs(plain, chips)
+    for got in (outputs(first, chips), outputs(second, chips)):
+        assert all(np.array_equal(a, b) for a, b in zip(want, got))  # bit for bit, 50 real chips
+
+
+def rebuilt(cache: Path, damage) -> bool:
+    """Damage the cached optimized model, open a session: True if the folder was built again
+    (a new folder, our stamp) and the session equals the plain model on the probe chips."""
+    folder = optimized_folder(cache)
+    (folder / "old").touch()         # an inode number can come back: a file in the old folder cannot
+    damage(folder)
+    sess = resnet.open_session(cache)
+    folder = optimized_folder(cache)
+    plain = ort.InferenceSession(str(resnet.cached_model(cache)), resnet._session_options(),
+                                 providers=["CPUExecutionProvider"])
+    probe = [resnet._probe()[0], resnet._probe()[1]]
+    same = all(np.array_equal(a, b) for a, b in zip(outputs(plain, probe), outputs(sess, probe)))
+    return (same and not (folder / "old").exists()
+            and (folder / "stamp").read_text().endswith("\nok\n"))
+
+
+@pytest.mark.skipif(resnet.machine_key() is None, reason="no CPU features to key an optimized model by")
+def test_a_damaged_or_foreign_optimized_model_is_built_again(tmp_path):
+    cache = tmp_path / "cache"
+    resnet.open_session(cache)
+
+    def foreign_cpu(folder):  # another machine's model: same name (a copied home), another CPU's stamp
+        stamp = folder / "stamp"
+        stamp.write_text(stamp.read_text().replace(" avx2", " avx512f avx2").replace("flags: ", "flags: avx512f "))
+
+    def foreign_runtime(folder):
+        stamp = folder / "stamp"
+        stamp.write_text(stamp.read_text().replace("onnxruntime ", "onnxruntime 0.0.1-"))
+
+    def truncated_weights(folder):  # the mapped weights shorter than written: never opened
+        data = (folder / "weights.bin").read_bytes()
+        (folder / "weights.bin").write_bytes(data[:len(data) // 2])
+
+    def garbled_graph(folder):
+        (folder / "model.onnx").write_bytes(b"not an onnx model")
+
+    def no_stamp(folder):
+        (folder / "stamp").unlink()
+
+    for damage in (foreign_cpu, foreign_runtime, truncated_weights, garbled_graph, no_stamp):
+        assert rebuilt(cache, damage), damage.__name__
+    assert not [p.name for p in cache.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.skipif(resnet.machine_key() is None, reason="no CPU features to key an optimized model by")
+def test_an_optimized_model_found_unequal_is_not_used_nor_built_again(tmp_path):
+    cache = tmp_path / "cache"
+    resnet.open_session(cache)
+    folder = optimized_folder(cache)
+    stamp = folder / "stamp"
+    stamp.write_text(stamp.read_text().replace("\nok\n", "\nrejected\n"))
+    (folder / "model.onnx").write_bytes(b"would fail if opened")
+    sess = resnet.open_session(cache)
+    assert stamp.read_text().endswith("\nrejected\n")
+    assert (folder / "model.onnx").read_bytes() == b"would fail if opened"
+    assert sess.run(["descriptors"], {"chips": resnet._probe()})[0].shape == (2, 128)
+
+
+@pytest.mark.skipif(resnet.machine_key() is None, reason="no CPU features to key an optimized model by")
+def test_two_processes_building_at_once_leave_one_complete_optimized_model(tmp_path):
+    cache = tmp_path / "cache"
+    resnet.cached_model(cache)
+    code = ("import sys; from pathlib import Path; from facescore_cli.ml import resnet; "
+            "print(resnet.open_session(Path(sys.argv[1])).run(['descriptors'], {'chips': resnet._probe()})[0].sum())")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(cache)], stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    sums = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0] and sums[0] == sums[1]
+    folder = optimized_folder(cache)
+    assert (folder / "stamp").read_text().endswith("\nok\n")
+    assert sorted(p.name for p in cache.iterdir()) == sorted([folder.name, resnet.cached_model(cache).name])
