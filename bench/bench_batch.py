@@ -145,10 +145,11 @@ def bench(folder: Path, count: int, cpus: int, label: str, repeat: int = 3) -> d
 
 
 def warm_model_cache(home: Path) -> None:
-    """Build the ResNet model that facescore keeps in $FACESCORE_HOME/cache (once per machine)."""
+    """Build the ResNet models that facescore keeps in $FACESCORE_HOME/cache (once per machine):
+    the plain one and onnxruntime's optimized one, which the first session builds."""
     from facescore_cli.ml import resnet
 
-    resnet.cached_model(home / "cache")
+    resnet.open_session(home / "cache")
 
 
 def accuracy(rows: list[dict], truth: dict[str, list[tuple[int, int, int]]]) -> tuple[float, float]:
