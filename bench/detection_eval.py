@@ -69,10 +69,10 @@ def omi_truth(n: int, px: np.ndarray | None = None) -> Truth | None:
             import dlib
 
             full = dlib.rectangle(r.left() * 2, r.top() * 2, r.right() * 2 + 1, r.bottom() * 2 + 1)
-            shape = models.landmarks_5()(px, full)
+            marks = models.landmarks_5().predict(px, (full.left(), full.top(), full.right(), full.bottom()))
             _truth_cache[n] = Truth(
                 (full.left(), full.top(), full.right() + 1, full.bottom() + 1),
-                np.array([(p.x, p.y) for p in shape.parts()], float),
+                np.asarray(marks, float),
             )
     return _truth_cache[n]
 

@@ -57,15 +57,15 @@ class LocalBackend:
         from .ml import detect, models, resnet
         from .ml.head import load_head
 
-        # onnxruntime builds its sessions without holding the GIL, dlib reads its landmark model
-        # holding it: on a second core the two overlap (one `score photo.jpg`: ~0.1 s less).
-        # onnxruntime is imported first, here: an import needs the GIL that dlib would hold.
+        # onnxruntime builds its sessions without holding the GIL, while this thread loads the
+        # landmark model and the head (numpy, holding it): on a second core the two overlap.
+        # onnxruntime is imported first, here: an import needs the GIL the loads below hold.
         # Errors surface below, where the same calls are made again (they keep only successes).
         _quietly(lambda: __import__("onnxruntime"))
         sessions = threading.Thread(target=_quietly, args=(detect.load_sessions, lambda: resnet.session(self.cache_dir)),
                                     name="onnx-sessions")
         sessions.start()
-        models.landmarks_5()
+        models.landmarks_5(self.cache_dir)
         load_head()
         sessions.join()
         detect.load_models()
