@@ -8,7 +8,7 @@ $FACESCORE_HOME/cache (`cached_model`: the next process loads it instead of buil
 again), and runs it with onnxruntime on one intra-op thread (we parallelise with processes).
 Beside it goes onnxruntime's own optimized form of the graph, for this onnxruntime and this CPU
 only (`machine_key`), its weights in a file apart that later processes map: a session on it
-costs ~5 ms of CPU instead of ~110 ms (`open_session`).
+costs 5-10 ms of CPU instead of 110-150 ms (`open_session`, bench/bench_resnet.py --sessions).
 
     anet_type = loss_metric<fc_no_bias<128, avg_pool_everything<
                 alevel0<alevel1<alevel2<alevel3<alevel4<
@@ -452,7 +452,7 @@ def _open_optimized(folder: Path, machine: str):
     if stamp == _stamp(machine, weights_size, "rejected"):
         return None, "rejected"
     # anything but our own stamp and weights' size (another machine's or onnxruntime's model, a
-    # truncated copy) is not opened: a blocked layout made for another CPU would run, wrongly
+    # truncated copy) is not opened: a blocked layout made for another CPU could run, wrongly
     if stamp == _stamp(machine, weights_size, "ok"):
         try:
             opts = _session_options(optimized=True)
@@ -516,8 +516,8 @@ def open_session(cache_dir: Path | None = None):
     """A new onnxruntime session on the ResNet, one intra-op thread, from the best of:
 
     * onnxruntime's own optimized model, cached in a folder beside `cached_model`'s file keyed
-      by `machine_key` (a session on it costs ~5 ms of CPU instead of ~110 ms on the plain model:
-      the graph is already optimized and the weights are mapped, not read and reordered);
+      by `machine_key` (a session on it costs 5-10 ms of CPU instead of 110-150 ms on the plain
+      model: the graph is already optimized and the weights are mapped, not read and reordered);
     * the plain model cached by `cached_model` (also writing the optimized one for next time);
     * the plain model built in memory, when the cache folder cannot be written.
 
