@@ -67,8 +67,14 @@ def test_close_stops_a_child_that_still_runs():
     assert not _alive(pid)
 
 
+def _slow_in_a_child(parent: int, value: int) -> tuple[int, int]:
+    if os.getpid() != parent:
+        time.sleep(60)  # killed long before this ends
+    return os.getpid(), value * 2
+
+
 def test_a_killed_child_gives_the_answer_from_here():
-    job = Forked(_pid_and, 5)
+    job = Forked(_slow_in_a_child, os.getpid(), 5)
     os.kill(job.pid, signal.SIGKILL)
     assert job.result() == (os.getpid(), 10)  # asked again in this process
 
