@@ -54,7 +54,7 @@ BUILD_VERSION = 1
 _FLOAT_INF, _FLOAT_NINF, _FLOAT_NAN = 32000, 32001, 32002
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ShapePredictor:
     """The arrays of a dlib shape_predictor; P parts, C cascades of T trees of depth D, F
     feature pixels per cascade."""
@@ -245,33 +245,16 @@ _ZERO = np.float32(0)
 
 
 def _integers(data: bytes) -> np.ndarray:
-    """Every dlib integer of `data`, which must consist of nothing else, as int64.
-
-    Where each integer starts depends on all the ones before it (3.2 M in the 5-point model), a
-    Python loop of ~0.4 s. Instead walkers start every _WALK_STRIDE bytes, each first takes
-    _SYNC_STEPS steps from wherever it landed -- a byte inside a number reads as a control byte
-    too, and such a false walk falls in step with the true one within a few numbers -- and then
-    all walk in step, each up to where the next one began; the first starts at byte 0, so if
-    each ends exactly where the next began, all of them walked the true sequence. If one does
-    not, the plain loop decides."""
+    """Every dlib integer of `data`, which must consist of nothing else, as int64."""
     a = np.frombuffer(data, dtype=np.uint8)
     n = a.size
-    if n >= 2**31 - 64:
-        raise DatFormatError("file too large")
-    nxt = np.arange(1, n + 17, dtype=np.int32)       # where the number starting at each byte ends
-    nxt[:n] += a & 0x0F
-    nxt[n:] -= 1                                      # past the end (a truncated file): stay
-    pos = np.arange(0, n, _WALK_STRIDE, dtype=np.int32)
-    for _ in range(_SYNC_STEPS):
-        pos[1:] = nxt[pos[1:]]
-    starts = _walk(nxt, pos, n)
-    if starts is None:
-        starts = _walk_slowly(data)
+    starts = _number_starts(data)
     if starts.size == 0 or starts[-1] + 1 + (a[starts[-1]] & 0x0F) != n:
         raise DatFormatError("the file ends inside a number")
-    ctrl = a[starts]
-    if (ctrl & 0x70).any() or ((ctrl & 0x0F) > 8).any():
-        raise DatFormatError(f"bad integer control byte at offset {int(starts[np.argmax((ctrl & 0x70) | ((ctrl & 0x0F) > 8))])}")
+    ctrl = np.take(a, starts)
+    bad = (ctrl & 0x70 != 0) | (ctrl & 0x0F > 8)
+    if bad.any():
+        raise DatFormatError(f"bad integer control byte at offset {int(starts[np.argmax(bad)])}")
     padded = np.concatenate([a, np.zeros(9, dtype=np.uint8)])
     # the 8 bytes after each control byte, as a little-endian uint64, masked to its length
     raw = np.ndarray((n + 1,), dtype="<u8", buffer=padded, strides=(1,))[starts + 1]
@@ -283,7 +266,31 @@ def _integers(data: bytes) -> np.ndarray:
     return np.where(ctrl & 0x80, -value, value)
 
 
-_WALK_STRIDE = 1024
+def _number_starts(data: bytes) -> np.ndarray:
+    """The offset of every dlib integer in `data`.
+
+    Where each one starts depends on all those before it (3.2 M in the 5-point model): a
+    Python loop of ~0.5 s (`_walk_slowly`). Instead walkers start every _WALK_STRIDE bytes,
+    each first takes _SYNC_STEPS steps from wherever it landed -- a byte inside a number reads
+    as a control byte too, and such a false walk falls in step with the true one within a few
+    numbers -- and then all walk in step, each up to where the next one began. The first starts
+    at byte 0, so if each ends exactly where the next began, all of them walked the true
+    sequence. If one does not, the plain loop decides."""
+    a = np.frombuffer(data, dtype=np.uint8)
+    n = a.size
+    if n >= 2**31 - 64:
+        raise DatFormatError("file too large")
+    nxt = np.arange(1, n + 17, dtype=np.int32)       # where the number starting at each byte ends
+    nxt[:n] += a & 0x0F
+    nxt[n:] -= 1                                      # past the end (a truncated file): stay
+    pos = np.arange(0, n, _WALK_STRIDE, dtype=np.int32)
+    for _ in range(_SYNC_STEPS):
+        pos[1:] = nxt[pos[1:]]
+    starts = _walk(nxt, pos, n)
+    return _walk_slowly(data) if starts is None else starts.astype(np.int64)
+
+
+_WALK_STRIDE = 2048
 _SYNC_STEPS = 32
 
 
@@ -291,21 +298,19 @@ def _walk(nxt: np.ndarray, starts: np.ndarray, n: int) -> np.ndarray | None:
     """The positions each walker visits from its start up to the next walker's (the last:
     up to `n`), in file order; None unless each lands exactly on the next one's start."""
     stop = np.append(starts[1:], n)
-    rows = [starts]
+    blocks = [starts[None]]
     cur = starts
-    while True:   # blocks of steps, so that the loop is one gather a step
+    while (cur < stop).any():   # 64 steps a block, so that the loop is one gather a step
         block = np.empty((64, cur.size), dtype=np.int32)
         for k in range(64):
-            cur = np.take(nxt, cur, out=block[k])
-        rows.append(block)
-        if (cur >= stop).all():
-            break
-    visited = np.vstack(rows)                             # (steps, walkers)
+            cur = np.take(nxt, cur, out=block[k], mode="clip")
+        blocks.append(block)
+    visited = np.vstack(blocks)                             # (steps, walkers)
     before = visited < stop
     first_after = np.take_along_axis(visited, before.sum(axis=0)[None], axis=0)[0]
     if not (first_after == stop).all():
         return None
-    return visited.T[before.T].astype(np.int64)           # walker after walker, in file order
+    return visited.T[before.T]                              # walker after walker: file order
 
 
 def _walk_slowly(data: bytes) -> np.ndarray:
@@ -498,7 +503,8 @@ def load(cache_dir: Path | None = None, dat: str | None = None) -> ShapePredicto
     if path is not None:
         try:
             return _from_cache(path)
-        except (ValueError, OSError, EOFError):  # truncated or garbled; DatFormatError is a ValueError
+        except Exception:  # truncated or garbled: numpy's .npy header parser raises ValueError,
+            # SyntaxError or tokenize.TokenError, our checks DatFormatError
             path.unlink(missing_ok=True)
             path = cached_arrays(cache_dir, dat)
             if path is not None:
