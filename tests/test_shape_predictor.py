@@ -122,6 +122,16 @@ def test_same_landmarks_as_dlib_with_half_the_box_outside(ours, theirs, upright)
     assert bad == 0, f"{bad} of {faces} faces differ from dlib"
 
 
+def test_same_landmarks_as_dlib_for_odd_boxes(ours, theirs, upright):
+    px, _ = upright[0]
+    h, w = px.shape[:2]
+    odd = [(-400, -300, -100, 0), (w + 10, 20, w + 300, 310),   # wholly outside
+           (-50, -60, w + 70, h + 80),                           # larger than the image
+           (600, 600, 300, 300), (500, 500, 500, 500), (0, 0, 1, 1)]   # inverted, empty, tiny
+    faces, bad = differing(ours, theirs, [(px, odd)])
+    assert bad == 0, f"{bad} of {faces} boxes differ from dlib"
+
+
 def test_same_landmarks_as_dlib_on_grey(ours, theirs, upright, portraits):
     cases = [(np.asarray(img.convert("L")), boxes) for img, (_, boxes) in zip(portraits, upright)]
     faces, bad = differing(ours, theirs, cases)

@@ -101,31 +101,29 @@ class ShapePredictor:
         image = _Image(pixels)
         rects = np.array([[operator.index(v) for v in box] for box in boxes], dtype=np.int64).reshape(-1, 4)
         plan = self._plan
-        n, (cascades, t_count, s_count, _) = len(rects), self.split_idx.shape
+        n, (_, t_count, s_count, _) = len(rects), self.split_idx.shape
         # dlib's unnormalizing_tform: (0,0) -> (left, top), (1,1) -> (right, bottom)
         size = (rects[:, 2:] - rects[:, :2]).astype(np.float64)[:, :, None]   # (n, 2, 1)
         origin = (rects[:, :2] + 0.5)[:, :, None]                            # + 0.5: see _to_pixels
         trees = np.empty((n, t_count + 1, 2 * self.num_parts), dtype=np.float32)
         shape = np.repeat(self.initial_shape.reshape(1, -1), n, axis=0)      # (n, 2P) float32
         # Points are (n, 2, F), x row then y row: numpy is slow along short axes.
-        for c in range(cascades):
+        for dx, dy, anchor, pairs, thresh, leaves in plan.cascades:
             t_x, t_y = plan.similarity(shape)                # (n, 2, 1): [t00, t10], [t01, t11]
             # float32 products and sums, dlib's: (t[r,0]*dx + t[r,1]*dy) + anchor[r]
-            pts = plan.dx[c] * t_x
-            pts += plan.dy[c] * t_y
-            pts += np.take(shape, plan.anchor[c], axis=1, mode="wrap")      # (n, 2, F) float32
+            pts = dx * t_x
+            pts += dy * t_y
+            pts += shape.take(anchor, axis=1, mode="wrap")  # (n, 2, F) float32
             feats = image.intensity(_to_pixels(pts, size, origin))          # (n, F) float32
-            pair = np.take(feats, plan.pairs[c], axis=1, mode="wrap")     # (n, 2, T * S)
-            right = pair[:, 0] - pair[:, 1] <= plan.thresh[c]               # node goes right
-            leaf = plan.leaf_of(right.reshape(n, t_count, s_count))        # (n, T)
-            leaf += plan.leaf_base
+            pair = feats.take(pairs, axis=1, mode="wrap")   # (n, 2, T * S)
+            right = pair[:, 0] - pair[:, 1] <= thresh        # node goes right
             trees[:, 0] = shape
-            np.take(plan.leaves[c], leaf, axis=0, out=trees[:, 1:], mode="wrap")
+            leaves.take(plan.leaf_rows(right.reshape(n, t_count, s_count)), axis=0, out=trees[:, 1:], mode="wrap")
             # float32, tree after tree, as dlib adds them. A reduction over a middle axis adds
             # row after row (numpy sums pairwise only along the innermost axis);
             # tests/test_shape_predictor.py holds numpy to that.
             shape = np.add.reduce(trees, axis=1)
-        out = _to_pixels(shape.reshape(n, -1, 2).transpose(0, 2, 1), size, origin)
+        out = _to_pixels(shape.reshape(n, self.num_parts, 2).transpose(0, 2, 1), size, origin)   # (n, 2, P)
         return out.transpose(0, 2, 1)
 
     @functools.cached_property
@@ -139,13 +137,19 @@ class _Plan:
     def __init__(self, m: ShapePredictor):
         c, t, s, _ = m.split_idx.shape
         p = m.num_parts
-        self.dx = m.deltas[:, None, :, 0].copy()                     # (C, 1, F) float32
-        self.dy = m.deltas[:, None, :, 1].copy()
         anchor = m.anchor.astype(np.intp)
-        self.anchor = np.stack([2 * anchor, 2 * anchor + 1], axis=1)  # (C, 2, F) into (2P,)
-        self.pairs = m.split_idx.reshape(c, -1, 2).transpose(0, 2, 1).astype(np.intp)   # (C, 2, T * S)
-        self.thresh = m.split_thresh.reshape(c, -1)
-        self.leaves = m.leaves.reshape(c, t * (s + 1), 2 * p)          # (C, T * L, 2P)
+        # one tuple of contiguous arrays per cascade, in the order predict_many unpacks them
+        self.cascades = [
+            (
+                m.deltas[i, None, :, 0].copy(),                   # dx (1, F) float32
+                m.deltas[i, None, :, 1].copy(),                   # dy
+                np.stack([2 * anchor[i], 2 * anchor[i] + 1]),     # (2, F) into the (2P,) shape
+                m.split_idx[i].reshape(-1, 2).T.astype(np.intp),  # (2, T * S) feature pairs
+                m.split_thresh[i].ravel(),                        # (T * S,)
+                m.leaves[i].reshape(t * (s + 1), 2 * p),          # (T * L, 2P)
+            )
+            for i in range(c)
+        ]
         self.leaf_base = np.arange(t) * (s + 1)
         self.splits = s
         # The mean shape, centred, as the columns that give a, b, -b, a, divided by s (see
@@ -184,17 +188,19 @@ class _Plan:
         t = (shape.astype(np.float64) @ self.f_t).astype(np.float32)[:, :, None]   # (n, 4, 1)
         return t[:, 0:2], t[:, 2:4]
 
-    def leaf_of(self, right: np.ndarray) -> np.ndarray:
-        """(n, T) leaf index of each tree from its (n, T, S) "go right at node i" flags: node i's
-        children are 2i+1 (left) and 2i+2 (right)."""
+    def leaf_rows(self, right: np.ndarray) -> np.ndarray:
+        """(n, T) row of each tree's leaf in its cascade's (T * L, 2P) leaves, from the trees'
+        (n, T, S) "go right at node i" flags (node i's children are 2i+1 and 2i+2)."""
         if self.table is not None:
             # the flags as the bits of an integer: a float32 matmul is exact below 2**24
-            code = right.astype(np.float32) @ self.bits
-            return np.take(self.table, code.astype(np.intp), mode="wrap")
-        node = np.zeros(right.shape[:2], dtype=np.intp)
-        for _ in range(self.splits.bit_length()):
-            node = 2 * node + 1 + np.take_along_axis(right, node[..., None], axis=2)[..., 0]
-        return node - self.splits
+            leaf = self.table.take((right.astype(np.float32) @ self.bits).astype(np.intp), mode="wrap")
+        else:
+            node = np.zeros(right.shape[:2], dtype=np.intp)
+            for _ in range(self.splits.bit_length()):
+                node = 2 * node + 1 + np.take_along_axis(right, node[..., None], axis=2)[..., 0]
+            leaf = node - self.splits
+        leaf += self.leaf_base
+        return leaf
 
 
 def _to_pixels(pts: np.ndarray, size: np.ndarray, origin_half: np.ndarray) -> np.ndarray:
@@ -233,7 +239,7 @@ class _Image:
         inside = inside[:, 0] & inside[:, 1]
         rows = (self.to_row @ pts).astype(np.intp)
         # a point outside reads some pixel ("clip" keeps its row in range) and counts 0
-        values = np.take(self.rows, rows, axis=0, mode="clip") @ self.ones  # (n, k) float32
+        values = self.rows.take(rows, axis=0, mode="clip") @ self.ones     # (n, k) float32
         values *= np.where(inside, self.scale, _ZERO)
         return np.floor(values, out=values)
 
