@@ -13,16 +13,18 @@ Agreement: the landmarks of both for the same image and box, on
 Printed: faces compared, faces where any coordinate differs by more than 1e-3 px, the worst
 difference. Landmarks are whole pixels in both, so "differs" means a pixel off.
 
-Times, CPU time of this one process (time.process_time), the two implementations alternated
-round by round, best / median / worst of the rounds: loading (dlib's deserialization; ours from
-an empty cache folder, i.e. parsing the .dat and writing the cache; ours from that cache) and
-predicting one face (and five at once, per face) in a 1024x1024 portrait.
+Times, CPU time (time.process_time), the two implementations alternated round by round, best /
+median / worst of the rounds: in this process, loading (dlib's deserialization; ours from an
+empty cache folder, i.e. parsing the .dat and writing the cache; ours from that cache) and
+predicting one face (and five at once, per face) in a 1024x1024 portrait; in fresh processes,
+first use: importing the module (dlib / shape_predictor), loading, one prediction.
 """
 from __future__ import annotations
 
 import argparse
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -178,17 +180,63 @@ def times(rounds: int) -> None:
         print(f"  {name:<30} {spread(v)}")
 
 
+def rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:")) / 1024
+
+
+def first_use_child(which: str, dat: str, cache: str, box: str) -> None:
+    """In a fresh process: CPU ms to import, load and predict once (the image already read),
+    and the resident MB that added."""
+    px = np.asarray(Image.open(OMI / "1.jpg").convert("RGB"))
+    rect = tuple(int(v) for v in box.split(","))
+    rss = rss_mb()
+    t = time.process_time()
+    if which == "dlib":
+        import dlib
+
+        dlib.shape_predictor(dat)(px, dlib.rectangle(*rect))
+    else:
+        from facescore_cli.ml import shape_predictor
+
+        shape_predictor.load(Path(cache), dat).predict(px, rect)
+    print(f"{(time.process_time() - t) * 1e3:.2f} {rss_mb() - rss:.1f}")
+
+
+def first_use(rounds: int) -> None:
+    px = np.asarray(Image.open(OMI / "1.jpg").convert("RGB"))
+    box = ",".join(str(v) for v in mtcnn_boxes(px)[0])
+    got: dict[str, list[float]] = {"dlib": [], "ours": []}
+    mem: dict[str, list[float]] = {"dlib": [], "ours": []}
+    with tempfile.TemporaryDirectory() as cache:
+        sp.cached_arrays(Path(cache), models.LANDMARKS_5_PATH)
+        for _ in range(rounds):
+            for which in got:
+                out = subprocess.run([sys.executable, __file__, "--first-use-child", which, models.LANDMARKS_5_PATH,
+                                      cache, box], check=True, capture_output=True, text=True).stdout.split()
+                got[which].append(float(out[0]))
+                mem[which].append(float(out[1]))
+    print(f"{'fresh process: import, load, 1 face':<32} {'best':>7} {'median':>7} {'worst':>7}  resident MB added")
+    for which, v in got.items():
+        label = which + (" (from its cache)" if which == "ours" else "")
+        print(f"  {label:<30} {spread(v)}  {statistics.median(mem[which]):.1f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=300, help="OMI portraits to compare on (0: none)")
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--no-time", action="store_true")
+    ap.add_argument("--first-use-child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.first_use_child:
+        return first_use_child(*args.first_use_child)
     if args.images:
         with tempfile.TemporaryDirectory() as tmp:
             agreement(args.images, sp.load(Path(tmp)))
     if not args.no_time:
         times(args.rounds)
+        first_use(max(4, args.rounds // 2))
 
 
 if __name__ == "__main__":
