@@ -1,9 +1,12 @@
 """dlib's 5-point shape predictor, same weights and same answers, without dlib's 0.12 s load.
 
 `dlib.shape_predictor(path)` deserializes its ~9 MB .dat float by float, holding the GIL, in
-every process that scores. This module reads the same file once (`read_dat`), keeps its arrays
-as an .npy in a cache folder (`cached_arrays`; the next process loads them in a few ms) and runs
-the cascade in numpy (`ShapePredictor.predict`), vectorised over the trees and over faces.
+every process that scores. This module reads the same file once (`read_dat`, ~0.3 s), keeps its
+arrays as an .npy in a cache folder (`cached_arrays`; the next process loads them in ~3 ms) and
+runs the cascade in numpy (`ShapePredictor.predict`), vectorised over the trees and over faces.
+One face costs ~2 ms of CPU where dlib takes ~1 ms (numpy pays per call, 30 a cascade); several
+faces of one image at once (`predict_many`) cost about what dlib does per face.
+(bench/bench_shape_predictor.py measures both and compares them on the OMI faces.)
 
 What dlib does (dlib/image_processing/shape_predictor.h), reproduced here operation by
 operation where rounding can matter:
@@ -54,7 +57,7 @@ BUILD_VERSION = 1
 _FLOAT_INF, _FLOAT_NINF, _FLOAT_NAN = 32000, 32001, 32002
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ShapePredictor:
     """The arrays of a dlib shape_predictor; P parts, C cascades of T trees of depth D, F
     feature pixels per cascade."""
@@ -101,31 +104,29 @@ class ShapePredictor:
         image = _Image(pixels)
         rects = np.array([[operator.index(v) for v in box] for box in boxes], dtype=np.int64).reshape(-1, 4)
         plan = self._plan
-        n, (cascades, t_count, s_count, _) = len(rects), self.split_idx.shape
+        n, (_, t_count, s_count, _) = len(rects), self.split_idx.shape
         # dlib's unnormalizing_tform: (0,0) -> (left, top), (1,1) -> (right, bottom)
         size = (rects[:, 2:] - rects[:, :2]).astype(np.float64)[:, :, None]   # (n, 2, 1)
         origin = (rects[:, :2] + 0.5)[:, :, None]                            # + 0.5: see _to_pixels
         trees = np.empty((n, t_count + 1, 2 * self.num_parts), dtype=np.float32)
         shape = np.repeat(self.initial_shape.reshape(1, -1), n, axis=0)      # (n, 2P) float32
         # Points are (n, 2, F), x row then y row: numpy is slow along short axes.
-        for c in range(cascades):
+        for dx, dy, anchor, pairs, thresh, leaves in plan.cascades:
             t_x, t_y = plan.similarity(shape)                # (n, 2, 1): [t00, t10], [t01, t11]
             # float32 products and sums, dlib's: (t[r,0]*dx + t[r,1]*dy) + anchor[r]
-            pts = plan.dx[c] * t_x
-            pts += plan.dy[c] * t_y
-            pts += np.take(shape, plan.anchor[c], axis=1, mode="wrap")      # (n, 2, F) float32
+            pts = dx * t_x
+            pts += dy * t_y
+            pts += shape.take(anchor, axis=1, mode="wrap")  # (n, 2, F) float32
             feats = image.intensity(_to_pixels(pts, size, origin))          # (n, F) float32
-            pair = np.take(feats, plan.pairs[c], axis=1, mode="wrap")     # (n, 2, T * S)
-            right = pair[:, 0] - pair[:, 1] <= plan.thresh[c]               # node goes right
-            leaf = plan.leaf_of(right.reshape(n, t_count, s_count))        # (n, T)
-            leaf += plan.leaf_base
+            pair = feats.take(pairs, axis=1, mode="wrap")   # (n, 2, T * S)
+            right = pair[:, 0] - pair[:, 1] <= thresh        # node goes right
             trees[:, 0] = shape
-            np.take(plan.leaves[c], leaf, axis=0, out=trees[:, 1:], mode="wrap")
+            leaves.take(plan.leaf_rows(right.reshape(n, t_count, s_count)), axis=0, out=trees[:, 1:], mode="wrap")
             # float32, tree after tree, as dlib adds them. A reduction over a middle axis adds
             # row after row (numpy sums pairwise only along the innermost axis);
             # tests/test_shape_predictor.py holds numpy to that.
             shape = np.add.reduce(trees, axis=1)
-        out = _to_pixels(shape.reshape(n, -1, 2).transpose(0, 2, 1), size, origin)
+        out = _to_pixels(shape.reshape(n, self.num_parts, 2).transpose(0, 2, 1), size, origin)   # (n, 2, P)
         return out.transpose(0, 2, 1)
 
     @functools.cached_property
@@ -139,13 +140,19 @@ class _Plan:
     def __init__(self, m: ShapePredictor):
         c, t, s, _ = m.split_idx.shape
         p = m.num_parts
-        self.dx = m.deltas[:, None, :, 0].copy()                     # (C, 1, F) float32
-        self.dy = m.deltas[:, None, :, 1].copy()
         anchor = m.anchor.astype(np.intp)
-        self.anchor = np.stack([2 * anchor, 2 * anchor + 1], axis=1)  # (C, 2, F) into (2P,)
-        self.pairs = m.split_idx.reshape(c, -1, 2).transpose(0, 2, 1).astype(np.intp)   # (C, 2, T * S)
-        self.thresh = m.split_thresh.reshape(c, -1)
-        self.leaves = m.leaves.reshape(c, t * (s + 1), 2 * p)          # (C, T * L, 2P)
+        # one tuple of contiguous arrays per cascade, in the order predict_many unpacks them
+        self.cascades = [
+            (
+                m.deltas[i, None, :, 0].copy(),                   # dx (1, F) float32
+                m.deltas[i, None, :, 1].copy(),                   # dy
+                np.stack([2 * anchor[i], 2 * anchor[i] + 1]),     # (2, F) into the (2P,) shape
+                m.split_idx[i].reshape(-1, 2).T.astype(np.intp),  # (2, T * S) feature pairs
+                m.split_thresh[i].ravel(),                        # (T * S,)
+                m.leaves[i].reshape(t * (s + 1), 2 * p),          # (T * L, 2P)
+            )
+            for i in range(c)
+        ]
         self.leaf_base = np.arange(t) * (s + 1)
         self.splits = s
         # The mean shape, centred, as the columns that give a, b, -b, a, divided by s (see
@@ -184,17 +191,19 @@ class _Plan:
         t = (shape.astype(np.float64) @ self.f_t).astype(np.float32)[:, :, None]   # (n, 4, 1)
         return t[:, 0:2], t[:, 2:4]
 
-    def leaf_of(self, right: np.ndarray) -> np.ndarray:
-        """(n, T) leaf index of each tree from its (n, T, S) "go right at node i" flags: node i's
-        children are 2i+1 (left) and 2i+2 (right)."""
+    def leaf_rows(self, right: np.ndarray) -> np.ndarray:
+        """(n, T) row of each tree's leaf in its cascade's (T * L, 2P) leaves, from the trees'
+        (n, T, S) "go right at node i" flags (node i's children are 2i+1 and 2i+2)."""
         if self.table is not None:
             # the flags as the bits of an integer: a float32 matmul is exact below 2**24
-            code = right.astype(np.float32) @ self.bits
-            return np.take(self.table, code.astype(np.intp), mode="wrap")
-        node = np.zeros(right.shape[:2], dtype=np.intp)
-        for _ in range(self.splits.bit_length()):
-            node = 2 * node + 1 + np.take_along_axis(right, node[..., None], axis=2)[..., 0]
-        return node - self.splits
+            leaf = self.table.take((right.astype(np.float32) @ self.bits).astype(np.intp), mode="wrap")
+        else:
+            node = np.zeros(right.shape[:2], dtype=np.intp)
+            for _ in range(self.splits.bit_length()):
+                node = 2 * node + 1 + np.take_along_axis(right, node[..., None], axis=2)[..., 0]
+            leaf = node - self.splits
+        leaf += self.leaf_base
+        return leaf
 
 
 def _to_pixels(pts: np.ndarray, size: np.ndarray, origin_half: np.ndarray) -> np.ndarray:
@@ -233,7 +242,7 @@ class _Image:
         inside = inside[:, 0] & inside[:, 1]
         rows = (self.to_row @ pts).astype(np.intp)
         # a point outside reads some pixel ("clip" keeps its row in range) and counts 0
-        values = np.take(self.rows, rows, axis=0, mode="clip") @ self.ones  # (n, k) float32
+        values = self.rows.take(rows, axis=0, mode="clip") @ self.ones     # (n, k) float32
         values *= np.where(inside, self.scale, _ZERO)
         return np.floor(values, out=values)
 
@@ -245,33 +254,16 @@ _ZERO = np.float32(0)
 
 
 def _integers(data: bytes) -> np.ndarray:
-    """Every dlib integer of `data`, which must consist of nothing else, as int64.
-
-    Where each integer starts depends on all the ones before it (3.2 M in the 5-point model), a
-    Python loop of ~0.4 s. Instead walkers start every _WALK_STRIDE bytes, each first takes
-    _SYNC_STEPS steps from wherever it landed -- a byte inside a number reads as a control byte
-    too, and such a false walk falls in step with the true one within a few numbers -- and then
-    all walk in step, each up to where the next one began; the first starts at byte 0, so if
-    each ends exactly where the next began, all of them walked the true sequence. If one does
-    not, the plain loop decides."""
+    """Every dlib integer of `data`, which must consist of nothing else, as int64."""
     a = np.frombuffer(data, dtype=np.uint8)
     n = a.size
-    if n >= 2**31 - 64:
-        raise DatFormatError("file too large")
-    nxt = np.arange(1, n + 17, dtype=np.int32)       # where the number starting at each byte ends
-    nxt[:n] += a & 0x0F
-    nxt[n:] -= 1                                      # past the end (a truncated file): stay
-    pos = np.arange(0, n, _WALK_STRIDE, dtype=np.int32)
-    for _ in range(_SYNC_STEPS):
-        pos[1:] = nxt[pos[1:]]
-    starts = _walk(nxt, pos, n)
-    if starts is None:
-        starts = _walk_slowly(data)
+    starts = _number_starts(data)
     if starts.size == 0 or starts[-1] + 1 + (a[starts[-1]] & 0x0F) != n:
         raise DatFormatError("the file ends inside a number")
-    ctrl = a[starts]
-    if (ctrl & 0x70).any() or ((ctrl & 0x0F) > 8).any():
-        raise DatFormatError(f"bad integer control byte at offset {int(starts[np.argmax((ctrl & 0x70) | ((ctrl & 0x0F) > 8))])}")
+    ctrl = np.take(a, starts)
+    bad = (ctrl & 0x70 != 0) | (ctrl & 0x0F > 8)
+    if bad.any():
+        raise DatFormatError(f"bad integer control byte at offset {int(starts[np.argmax(bad)])}")
     padded = np.concatenate([a, np.zeros(9, dtype=np.uint8)])
     # the 8 bytes after each control byte, as a little-endian uint64, masked to its length
     raw = np.ndarray((n + 1,), dtype="<u8", buffer=padded, strides=(1,))[starts + 1]
@@ -283,7 +275,31 @@ def _integers(data: bytes) -> np.ndarray:
     return np.where(ctrl & 0x80, -value, value)
 
 
-_WALK_STRIDE = 1024
+def _number_starts(data: bytes) -> np.ndarray:
+    """The offset of every dlib integer in `data`.
+
+    Where each one starts depends on all those before it (3.2 M in the 5-point model): a
+    Python loop of ~0.5 s (`_walk_slowly`). Instead walkers start every _WALK_STRIDE bytes,
+    each first takes _SYNC_STEPS steps from wherever it landed -- a byte inside a number reads
+    as a control byte too, and such a false walk falls in step with the true one within a few
+    numbers -- and then all walk in step, each up to where the next one began. The first starts
+    at byte 0, so if each ends exactly where the next began, all of them walked the true
+    sequence. If one does not, the plain loop decides."""
+    a = np.frombuffer(data, dtype=np.uint8)
+    n = a.size
+    if n >= 2**31 - 64:
+        raise DatFormatError("file too large")
+    nxt = np.arange(1, n + 17, dtype=np.int32)       # where the number starting at each byte ends
+    nxt[:n] += a & 0x0F
+    nxt[n:] -= 1                                      # past the end (a truncated file): stay
+    pos = np.arange(0, n, _WALK_STRIDE, dtype=np.int32)
+    for _ in range(_SYNC_STEPS):
+        pos[1:] = nxt[pos[1:]]
+    starts = _walk(nxt, pos, n)
+    return _walk_slowly(data) if starts is None else starts.astype(np.int64)
+
+
+_WALK_STRIDE = 2048
 _SYNC_STEPS = 32
 
 
@@ -291,21 +307,19 @@ def _walk(nxt: np.ndarray, starts: np.ndarray, n: int) -> np.ndarray | None:
     """The positions each walker visits from its start up to the next walker's (the last:
     up to `n`), in file order; None unless each lands exactly on the next one's start."""
     stop = np.append(starts[1:], n)
-    rows = [starts]
+    blocks = [starts[None]]
     cur = starts
-    while True:   # blocks of steps, so that the loop is one gather a step
+    while (cur < stop).any():   # 64 steps a block, so that the loop is one gather a step
         block = np.empty((64, cur.size), dtype=np.int32)
         for k in range(64):
-            cur = np.take(nxt, cur, out=block[k])
-        rows.append(block)
-        if (cur >= stop).all():
-            break
-    visited = np.vstack(rows)                             # (steps, walkers)
+            cur = np.take(nxt, cur, out=block[k], mode="clip")
+        blocks.append(block)
+    visited = np.vstack(blocks)                             # (steps, walkers)
     before = visited < stop
     first_after = np.take_along_axis(visited, before.sum(axis=0)[None], axis=0)[0]
     if not (first_after == stop).all():
         return None
-    return visited.T[before.T].astype(np.int64)           # walker after walker, in file order
+    return visited.T[before.T]                              # walker after walker: file order
 
 
 def _walk_slowly(data: bytes) -> np.ndarray:
@@ -498,7 +512,8 @@ def load(cache_dir: Path | None = None, dat: str | None = None) -> ShapePredicto
     if path is not None:
         try:
             return _from_cache(path)
-        except (ValueError, OSError, EOFError):  # truncated or garbled; DatFormatError is a ValueError
+        except Exception:  # truncated or garbled: numpy's .npy header parser raises ValueError,
+            # SyntaxError or tokenize.TokenError, our checks DatFormatError
             path.unlink(missing_ok=True)
             path = cached_arrays(cache_dir, dat)
             if path is not None:
