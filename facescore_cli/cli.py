@@ -17,10 +17,14 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ContextManager, Optional
 
-import typer
-from typer.core import TyperGroup
+from . import helpfast
 
-from . import __version__, console
+helpfast.install()  # before typer: its help then imports no rich.markdown / rich.traceback
+
+import typer  # noqa: E402
+from typer.core import TyperGroup  # noqa: E402
+
+from . import __version__, console  # noqa: E402
 from .console import err, fail, note, settings_or_exit, warn
 
 if TYPE_CHECKING:
