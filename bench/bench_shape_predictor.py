@@ -6,7 +6,7 @@
 
 Agreement: the landmarks of both for the same image and box, on
 * the portraits upright and rolled by +25 and -25 degrees, each face's box made as detect.py
-  makes it (MTCNN's points -> detect.hog_box -> the rounded rectangle of landmarks_from_mtcnn);
+  makes it (MTCNN's points -> detect.hog_rect);
 * the upright portrait cropped through the box's centre on each side in turn (half the box
   outside the image), and as a grey (h, w) array;
 * four boxes jittered in place and size (seeded), all four in one `predict_many` call.
@@ -43,13 +43,9 @@ from facescore_cli.ml import shape_predictor as sp  # noqa: E402
 
 
 def mtcnn_boxes(pixels: np.ndarray) -> list[tuple[int, int, int, int]]:
-    """The rectangles detect.landmarks_from_mtcnn gives dlib's predictor."""
+    """The rectangles detect.detect_pixels gives the landmark predictor."""
     _, points = detect.find(pixels, 40.0)
-    out = []
-    for pts in points:
-        cx, cy, side, _ = detect.hog_box(pts)
-        out.append((round(cx - side / 2), round(cy - side / 2), round(cx + side / 2), round(cy + side / 2)))
-    return out
+    return [detect.hog_rect(pts) for pts in points]
 
 
 class Agreement:

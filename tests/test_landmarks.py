@@ -25,8 +25,7 @@ def faces_and_boxes(omi_dir: Path, count: int, angle: float = 0.0):
         px = np.asarray(img)
         _, points = detect.find(px, 40.0)
         for p in points:
-            cx, cy, side, _ = detect.hog_box(p)
-            yield px, (round(cx - side / 2), round(cy - side / 2), round(cx + side / 2), round(cy + side / 2))
+            yield px, detect.hog_rect(p)
 
 
 @pytest.mark.parametrize("angle", [0.0, 25.0, -25.0])
@@ -59,3 +58,21 @@ def test_the_cache_is_written_once_and_a_damaged_one_rebuilt(tmp_path: Path, por
     again = shape_predictor.load(tmp_path)
     assert np.array_equal(again.predict(px, (300, 250, 700, 650)), want)
     assert path.stat().st_size > 1_000_000  # built again
+
+
+def test_detect_places_every_faces_landmarks_as_dlib_would(dlib_predictor) -> None:
+    """detect_pixels predicts all of an image's faces in one call; each face's landmarks are still
+    what dlib gives for that face's box alone, in the face's own place in the list."""
+    group = Path(__file__).resolve().parents[1] / "examples" / "group.jpg"
+    px = np.asarray(Image.open(group).convert("RGB"))
+    faces = detect.detect_pixels(px)
+    boxes, points = detect.find(px, 40.0)
+    assert len(faces) == len(points) >= 4
+    want = set()
+    for pts in points:
+        l, t, r, b = detect.hog_rect(pts)
+        want.add(tuple((float(p.x), float(p.y)) for p in dlib_predictor(px, dlib.rectangle(l, t, r, b)).parts()))
+    assert {f.landmarks for f in faces} == want
+    for f in faces:  # each face's landmarks lie in its own box, not a neighbour's
+        x, y, w, h = f.box
+        assert all(x - w / 2 <= mx <= x + 1.5 * w and y - h / 2 <= my <= y + 1.5 * h for mx, my in f.landmarks)

@@ -44,13 +44,9 @@ def portraits(omi_dir) -> list[Image.Image]:
 
 
 def boxes_of(pixels: np.ndarray) -> list[tuple[int, int, int, int]]:
-    """The rectangles detect.landmarks_from_mtcnn hands dlib's predictor."""
+    """The rectangles detect.detect_pixels hands the landmark predictor."""
     _, points = detect.find(pixels, 40.0)
-    out = []
-    for pts in points:
-        cx, cy, side, _ = detect.hog_box(pts)
-        out.append((round(cx - side / 2), round(cy - side / 2), round(cx + side / 2), round(cy + side / 2)))
-    return out
+    return [detect.hog_rect(pts) for pts in points]
 
 
 def dlib_marks(theirs, pixels: np.ndarray, box) -> np.ndarray:
