@@ -31,6 +31,7 @@ REGIONS: dict[str, tuple[tuple[int, int, int, int], ...]] = {
 }
 TEXTURE_REGIONS = ("cheeks", "forehead", "hair", "eyes", "chin", "nose", "lips", "face")
 _FACE = ((30, 130, 30, 120),)
+_WHOLE = ((0, CHIP_SIZE, 0, CHIP_SIZE),)
 _ASYM = (20, 135, 15, 135)
 CHIP_STATS_DIM = 6 * (len(REGIONS) + 1) + 7 * len(TEXTURE_REGIONS) + 2
 
@@ -47,10 +48,15 @@ _RGB_TO_XYZ = (
 def lab_planes(rgb: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """(h, w, 3) uint8 sRGB -> (3, h, w) float64 CIE Lab (D65), into `out` if given. Element-wise
     only (no BLAS), so the result does not depend on the linear algebra library or thread count."""
-    r, g, b = _LINEAR[np.moveaxis(rgb, -1, 0)]
+    # take() on planes made contiguous first: half the time of fancy indexing, same values. The
+    # products and sums below go through two buffers in the order `c0*r + c1*g + c2*b` has.
+    r, g, b = _LINEAR.take(np.ascontiguousarray(np.moveaxis(rgb, -1, 0)))
     f = []
+    tmp = np.empty_like(r)
     for row in _RGB_TO_XYZ:
-        t = row[0] * r + row[1] * g + row[2] * b
+        t = np.multiply(r, row[0])
+        t += np.multiply(g, row[1], out=tmp)
+        t += np.multiply(b, row[2], out=tmp)
         ft = np.cbrt(t)
         low = t <= 216 / 24389
         if low.any():
@@ -70,7 +76,12 @@ def lab_planes(rgb: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
 def _laplacian(x: np.ndarray) -> np.ndarray:
     """4-neighbour Laplacian of a 2-d array, zero on the border."""
     out = np.zeros_like(x)
-    out[1:-1, 1:-1] = 4 * x[1:-1, 1:-1] - x[:-2, 1:-1] - x[2:, 1:-1] - x[1:-1, :-2] - x[1:-1, 2:]
+    inner = out[1:-1, 1:-1]  # ((((4x - up) - down) - left) - right), in place: no temporaries
+    np.multiply(x[1:-1, 1:-1], 4, out=inner)
+    inner -= x[:-2, 1:-1]
+    inner -= x[2:, 1:-1]
+    inner -= x[1:-1, :-2]
+    inner -= x[1:-1, 2:]
     return out
 
 
@@ -111,13 +122,13 @@ def chip_stats(chip: np.ndarray) -> np.ndarray:
     t4 = np.square(_laplacian(_half(lab2[0])))[None]
 
     out: list[np.ndarray] = []
-    whole = ((0, CHIP_SIZE, 0, CHIP_SIZE),)
-    for rects in (*REGIONS.values(), whole):
-        m = _means(t1, rects)
+    full = {name: _means(t1, rects) for name, rects in (*REGIONS.items(), ("whole", _WHOLE), ("face", _FACE))}
+    for name in (*REGIONS, "whole"):
+        m = full[name]
         out += [m[0:3], np.sqrt(np.maximum(m[3:6] - m[0:3] ** 2, 0.0))]
     for name in TEXTURE_REGIONS:
         rects = _FACE if name == "face" else REGIONS[name]
-        m1, m2, m4 = _means(t1, rects), _means(t2, rects, 2), _means(t4, rects, 4)
+        m1, m2, m4 = full[name], _means(t2, rects, 2), _means(t4, rects, 4)
         # L at scales 1, 1/2, 1/4; a and b at 1/2; horizontal and vertical gradient of L
         out.append(np.log(np.array([m1[6], m2[0], m4[0], m2[1], m2[2], m1[7], m1[8]]) + 1e-6))
 
