@@ -21,9 +21,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import ImageError
-
-SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "DIB", "TIFF", "GIF"})
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".dib", ".tif", ".tiff", ".gif"})
+from .formats import IMAGE_SUFFIXES, SUPPORTED_FORMATS, is_image_path  # noqa: F401  (also read as images.*)
 DEFAULT_MAX_BYTES = 40 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 60_000_000
 # The working size: an image whose long side is over twice this reaches the models with exactly
@@ -63,10 +61,6 @@ class DecodedImage:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def is_image_path(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES
 
 
 def read_file(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:

@@ -8,12 +8,15 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import Settings
-from .images import is_image_path
+from .formats import is_image_path
 from .pool import ScoringPool, warm_up
 from .result import ImageResult
-from .scoring import Scorer
+
+if TYPE_CHECKING:
+    from .scoring import Scorer
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,8 @@ class LocalScorer:
     queue will score instead, so the load overlaps that question."""
 
     def __init__(self, settings: Settings) -> None:
+        from .scoring import Scorer  # numpy, Pillow, the models' code: not for a pool's owner
+
         self._scorer = Scorer.from_settings(settings)
         # Not a daemon: the interpreter waits for it at exit. Ended mid-load (the queue answered,
         # or the command failed), onnxruntime's C++ aborted the process ("terminate called").
