@@ -145,11 +145,13 @@ def bench(folder: Path, count: int, cpus: int, label: str, repeat: int = 3) -> d
 
 
 def warm_model_cache(home: Path) -> None:
-    """Build the ResNet models that facescore keeps in $FACESCORE_HOME/cache (once per machine):
-    the plain one and onnxruntime's optimized one, which the first session builds."""
-    from facescore_cli.ml import resnet
+    """Build what facescore keeps in $FACESCORE_HOME/cache once per machine, as its first session
+    does: the ResNet's plain and onnxruntime-optimized models and the 5-point landmark model's
+    arrays (without these, each scoring process read dlib's .dat: ~0.1 s of a round)."""
+    from facescore_cli.ml import resnet, shape_predictor
 
     resnet.open_session(home / "cache")
+    shape_predictor.cached_arrays(home / "cache")
 
 
 def accuracy(rows: list[dict], truth: dict[str, list[tuple[int, int, int]]]) -> tuple[float, float]:
