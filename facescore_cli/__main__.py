@@ -14,6 +14,9 @@ def main() -> None:
 
         print(__version__)
         return
+    from . import blas
+
+    blas.for_command(sys.argv[1:])  # before anything imports numpy
     from .cli import app
 
     try:

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import blas
 from .config import Settings
 from .errors import ServiceUnavailable
 from .forked import die_with_parent
@@ -155,6 +156,7 @@ _TASKS = {"file": _score_file, "encoded": _score_encoded}
 def _child_main(conn: Any, settings: Settings, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the owner decides when we stop
     _die_with_parent(parent)
+    blas.one_thread()  # before .scoring imports numpy: also when the owner is not our CLI
     try:
         from .scoring import Scorer
 
