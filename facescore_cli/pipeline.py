@@ -77,8 +77,10 @@ class LocalScorer:
     queue will score instead, so the load overlaps that question."""
 
     def __init__(self, settings: Settings) -> None:
+        from . import heap
         from .scoring import Scorer  # numpy, Pillow, the models' code: not for a pool's owner
 
+        heap.keep_freed_memory()
         self._scorer = Scorer.from_settings(settings)
         # Not a daemon: the interpreter waits for it at exit. Ended mid-load (the queue answered,
         # or the command failed), onnxruntime's C++ aborted the process ("terminate called").

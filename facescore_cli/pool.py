@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import blas
+from . import blas, heap
 from .config import Settings
 from .errors import ServiceUnavailable
 from .forked import die_with_parent
@@ -157,6 +157,7 @@ def _child_main(conn: Any, settings: Settings, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the owner decides when we stop
     _die_with_parent(parent)
     blas.one_thread()  # before .scoring imports numpy: also when the owner is not our CLI
+    heap.keep_freed_memory()  # before the models and the first image allocate
     try:
         from .scoring import Scorer
 

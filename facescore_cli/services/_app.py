@@ -21,7 +21,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from .. import __version__, images, jsonbody
+from .. import __version__, heap, images, jsonbody
 from ..config import Settings
 from ..errors import ImageError
 
@@ -114,6 +114,7 @@ class Service:
     def build(self, title: str, description: str) -> FastAPI:
         @asynccontextmanager
         async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+            heap.keep_freed_memory()  # before the models and the first image allocate
             self.pool = concurrent.futures.ThreadPoolExecutor(self.config.threads, thread_name_prefix="model")
             # Load the models before the port answers /health, so the first request is not slow.
             await self.run(self.warm_up)
