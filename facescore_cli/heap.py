@@ -7,7 +7,9 @@ hands back to the kernel as soon as it passes twice the largest buffer seen so f
 image gets fresh pages, which the kernel faults in and zeroes one 4 KB page at a time. Measured
 on 60 group photos in one process: 320,000 page faults and 0.66 s of system time (~11 ms an
 image) by default, 69,000 and 0.19 s with the thresholds below; a batch of 20 group photos in
-two processes 165,000-185,000 faults against 123,000-127,000. Scores are unchanged: only where
+two processes 165,000-185,000 faults against 123,000-127,000. (By default the count depends on
+the process's history: a process that happened to free a large enough buffer early keeps its
+memory too. With the thresholds it does not depend on luck.) Scores are unchanged: only where
 memory comes from changes.
 
 The thresholds keep buffers up to MMAP_THRESHOLD in the heap and its free top up to

@@ -86,20 +86,20 @@ def minor_faults(pid: int) -> int:
 @linux_glibc
 def test_a_scoring_process_keeps_its_freed_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                   group_photo: Path) -> None:
+    # Only the process's own setting is asserted: without it the count depends on the process's
+    # history (glibc's thresholds follow the largest buffer freed so far, and which of the
+    # warm-up's threads frees what varies from run to run): ~4,300 a score in most runs, a few
+    # in some. The fresh-interpreter decode test above shows the default without that noise.
     env = base_env("redis://127.0.0.1:1", tmp_path / "home")
     settings = settings_for(env)
     # The models' cache built first, as after a machine's first run: building it frees ~70 MB
-    # at once, and that one free alone moves glibc's own thresholds up for the process's life.
+    # at once, and that free alone moves glibc's own thresholds up for the process's life.
     code = "from facescore_cli.ml import resnet, shape_predictor as s; from facescore_cli.config import Settings; " \
            "c = Settings.load().home / 'cache'; resnet.open_session(c); s.cached_arrays(c)"
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=300)
     for name in heap.USER_SETTINGS:
         monkeypatch.delenv(name, raising=False)
-    kept = scoring_faults_per_image(settings, group_photo)
-    monkeypatch.setenv(*next(iter(USER_TUNING.items())))  # the process inherits it and leaves malloc alone
-    default = scoring_faults_per_image(settings, group_photo)
-    assert default > 1000  # ~4,300 a score of the five-face photo
-    assert kept < default / 10
+    assert scoring_faults_per_image(settings, group_photo) < 100
 
 
 def test_scores_do_not_depend_on_where_memory_comes_from(tmp_path: Path, group_photo: Path) -> None:
