@@ -18,8 +18,9 @@ fixed from the start instead of reached after the first frees. A larger request 
 3200 px, reduced on decoding) is still mapped and unmapped on its own.
 
 `keep_freed_memory` sets them with `mallopt`; where there is no glibc (macOS, musl), it does
-nothing. Call it once in a process that will score many images (a scoring process of a
-`ScoringPool`, an ML service); a user's MALLOC_* or GLIBC_TUNABLES settings are respected.
+nothing. Called once in each process that scores: a `ScoringPool`'s processes, the CLI's
+in-process scorer (`pipeline.LocalScorer`: `score`, `batch --jobs 1`) and the ML services; a
+user's MALLOC_* or GLIBC_TUNABLES settings are respected.
 """
 from __future__ import annotations
 

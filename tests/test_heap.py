@@ -94,8 +94,8 @@ def test_a_scoring_process_keeps_its_freed_memory(tmp_path: Path, monkeypatch: p
     settings = settings_for(env)
     # The models' cache built first, as after a machine's first run: building it frees ~70 MB
     # at once, and that free alone moves glibc's own thresholds up for the process's life.
-    code = "from facescore_cli.ml import resnet, shape_predictor as s; from facescore_cli.config import Settings; " \
-           "c = Settings.load().home / 'cache'; resnet.open_session(c); s.cached_arrays(c)"
+    code = "from facescore_cli.config import Settings; from facescore_cli.scoring import LocalBackend; " \
+           "LocalBackend(Settings.load().home / 'cache').warm_up()"
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=300)
     for name in heap.USER_SETTINGS:
         monkeypatch.delenv(name, raising=False)
