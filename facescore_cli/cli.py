@@ -25,7 +25,7 @@ import typer  # noqa: E402
 from typer.core import TyperGroup  # noqa: E402
 
 from . import __version__, console  # noqa: E402
-from .console import err, fail, note, settings_or_exit, warn
+from .console import MIN_FACE, err, fail, note, settings_or_exit, warn
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -347,6 +347,7 @@ def score(
     store: bool = STORE,
     null: bool = NUL,
     annotate_to: Optional[Path] = ANNOTATE,
+    min_face: Optional[int] = MIN_FACE,
 ) -> None:
     """Score images and print a table: file, face, score, vibe, rank, confidence, source.
 
@@ -362,9 +363,11 @@ def score(
       find photos -name '*.jpg' -print0 | facescore score - -0 --jsonl
 
       facescore score examples/group.jpg --annotate annotated/
+
+      facescore score crowd.jpg --min-face 100
     """
     fmt = _format(as_json, as_jsonl, as_csv, as_tsv)
-    settings = settings_or_exit()
+    settings = settings_or_exit(min_face)
     _annotate_ready(annotate_to)
     given = read_inputs(inputs, null)
     items, _ = collect_inputs(given)  # imports numpy and Pillow, which the child below inherits
@@ -545,6 +548,7 @@ def batch(
     store: bool = STORE,
     null: bool = NUL,
     annotate_to: Optional[Path] = ANNOTATE,
+    min_face: Optional[int] = MIN_FACE,
 ) -> None:
     """Score files and folders, writing one row per face as it is produced.
 
@@ -578,7 +582,7 @@ def batch(
         problem = check_out(out_path, resume=resume, force=force)
         if problem:
             fail(problem)
-    settings = settings_or_exit()
+    settings = settings_or_exit(min_face)
     _annotate_ready(annotate_to)
     given = read_inputs(inputs, null)
     # The scoring processes load their models while this one collects the inputs and imports

@@ -9,6 +9,7 @@ from pathlib import Path
 from dotenv import dotenv_values
 
 from .errors import ConfigError
+from .ml.types import DEFAULT_MIN_FACE, LARGEST_MIN_FACE, SMALLEST_MIN_FACE
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -54,6 +55,22 @@ def parse_duration(text: str) -> float:
     return value
 
 
+def parse_min_face(text: object) -> int:
+    """The narrowest face to look for, in pixels, from a setting, an option or a job: a whole
+    number from SMALLEST_MIN_FACE to LARGEST_MIN_FACE. ValueError, saying what is wrong, otherwise."""
+    if isinstance(text, bool) or not isinstance(text, (int, str)):
+        raise ValueError(f"{text!r} is not a whole number of pixels")
+    try:
+        value = int(str(text).strip().lower().removesuffix("px"))
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number of pixels") from None
+    if value < SMALLEST_MIN_FACE:
+        raise ValueError(f"{value} px is under {SMALLEST_MIN_FACE} px, the narrowest face the detector can find")
+    if value > LARGEST_MIN_FACE:
+        raise ValueError(f"{value} px is over {LARGEST_MIN_FACE} px, wider than any image facescore accepts")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     redis_url: str = "redis://localhost:6379"
@@ -81,6 +98,10 @@ class Settings:
     # image gets an error row (0 = no limit). 60 s: the largest accepted image (60 Mpx) takes
     # about 2 s of CPU here, so only a hang reaches it, even on a loaded machine.
     image_timeout_s: float = 60.0
+    # The narrowest face, in the image's pixels, that detection searches for: the detector's
+    # pyramid starts there, so a larger value is faster (faces a little narrower may still be
+    # found; far narrower ones are not looked for).
+    min_face: int = DEFAULT_MIN_FACE
 
     @classmethod
     def load(cls, environ: dict[str, str] | None = None, dotenv: Path | None = Path(".env")) -> "Settings":
@@ -109,6 +130,10 @@ class Settings:
             image_timeout = parse_duration(get("FACESCORE_IMAGE_TIMEOUT") or "60s")
         except ValueError as exc:
             raise ConfigError(f"FACESCORE_IMAGE_TIMEOUT: {exc}") from None
+        try:
+            min_face = parse_min_face(get("FACESCORE_MIN_FACE") or DEFAULT_MIN_FACE)
+        except ValueError as exc:
+            raise ConfigError(f"FACESCORE_MIN_FACE: {exc}") from None
         return cls(
             redis_url=get("REDIS_URL") or "redis://localhost:6379",
             face_detection_service=(get("FACE_DETECTION_SERVICE") or None),
@@ -130,4 +155,5 @@ class Settings:
             api_processes=api_processes,
             api_max_waiting=api_max_waiting,
             image_timeout_s=image_timeout,
+            min_face=min_face,
         )

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 
+from .ml.types import DEFAULT_MIN_FACE, LARGEST_MIN_FACE, SMALLEST_MIN_FACE
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -73,16 +75,28 @@ def stderr_is_terminal() -> bool:
     return is_terminal(sys.stderr)
 
 
-def settings_or_exit() -> Settings:
-    """The settings, or a one-line configuration error and exit code 2."""
+def settings_or_exit(min_face: int | None = None) -> Settings:
+    """The settings, or a one-line configuration error and exit code 2. `min_face`: the
+    command's --min-face, which wins over FACESCORE_MIN_FACE."""
+    import dataclasses
+
     from .config import Settings
     from .errors import ConfigError
 
     try:
-        return Settings.load()
+        settings = Settings.load()
     except ConfigError as exc:
         error(f"configuration error: {exc}")
         raise typer.Exit(2) from None
+    return settings if min_face is None else dataclasses.replace(settings, min_face=min_face)
+
+
+# --min-face of score, batch and submit (typer checks the range: below it, one line and exit 2).
+MIN_FACE = typer.Option(None, "--min-face", metavar="PX", min=SMALLEST_MIN_FACE, max=LARGEST_MIN_FACE,
+                        show_default=False,
+                        help=f"The narrowest face to look for, in pixels (env FACESCORE_MIN_FACE, default "
+                             f"{DEFAULT_MIN_FACE}; {SMALLEST_MIN_FACE} at least): larger is faster; faces much "
+                             "narrower are not looked for.")
 
 
 def error(msg: str) -> None:

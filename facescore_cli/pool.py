@@ -121,9 +121,10 @@ def _score_file(scorer: Any, path: str, display: str) -> ImageResult:
         return ImageResult(path=display, error=f"{type(exc).__name__}: {exc}")
 
 
-def _score_encoded(scorer: Any, image_b64: str, filename: str) -> dict[str, Any]:
+def _score_encoded(scorer: Any, image_b64: str, filename: str, min_face: int | None = None) -> dict[str, Any]:
     """Decode and score one base64 image (a job's or a request's). Returns {"kind": "ok" |
-    "image" | "failed", ...}: "image" is the input's fault (no retry helps), "failed" is not."""
+    "image" | "failed", ...}: "image" is the input's fault (no retry helps), "failed" is not.
+    `min_face` None: the process's settings decide."""
     max_bytes = scorer.settings.max_image_bytes
     image_b64 = image_b64.strip()
     if image_b64.startswith("data:") and "," in image_b64:  # a data URL, as browsers send them
@@ -136,7 +137,7 @@ def _score_encoded(scorer: Any, image_b64: str, filename: str) -> dict[str, Any]
     except (binascii.Error, ValueError):
         return {"kind": "image", "error": "job data 'image' is not valid base64"}
     try:
-        result = scorer.score_bytes(data, filename)
+        result = scorer.score_bytes(data, filename, min_face=min_face)
     except Exception as exc:
         return {"kind": "failed", "error": f"{type(exc).__name__}: {exc}"}
     if result.error and result.width is None:  # refused before any pixel was decoded: the input's fault
@@ -322,11 +323,12 @@ class ScoringPool:
         """Score a file; the result is an ImageResult (an error row when it cannot be scored)."""
         return self._submit(_Task("file", (str(path), display), display))
 
-    def submit_encoded(self, image_b64: str, filename: str = "") -> "Future[dict[str, Any]]":
+    def submit_encoded(self, image_b64: str, filename: str = "", min_face: int | None = None) -> "Future[dict[str, Any]]":
         """Score a base64 image: {"kind": "ok", "data": ImageResult.to_data() + "embeddings"} or
         {"kind": "image" | "failed" | "crashed", "error": ...}; "crashed": processes were lost on
-        this image (two crashes, or killed past the time limit), so retrying it elsewhere would not help."""
-        return self._submit(_Task("encoded", (image_b64, filename), filename))
+        this image (two crashes, or killed past the time limit), so retrying it elsewhere would not help.
+        `min_face`: the narrowest face to look for (None: the pool's settings, FACESCORE_MIN_FACE)."""
+        return self._submit(_Task("encoded", (image_b64, filename, min_face), filename))
 
     def _submit(self, task: _Task) -> Future[Any]:
         self.start()

@@ -37,6 +37,7 @@ from . import images
 from .config import Settings
 from .errors import ImageError, ServiceUnavailable
 from .health import redact
+from .ml.types import DEFAULT_MIN_FACE
 from .result import ImageResult
 
 PREFIX = "bull"  # BullMQ's default key prefix: a Node producer with default options finds our queue
@@ -196,10 +197,11 @@ def local_model_version(settings: Settings) -> str:
         return simulated.MODEL
 
 
-def job_id(digest: str, model: str) -> str:
-    """Content + model version. BullMQ ids must not contain ':' nor be plain integers."""
+def job_id(digest: str, model: str, min_face: int = DEFAULT_MIN_FACE) -> str:
+    """Content + model version (+ the narrowest face looked for, when not the default: another
+    search is another job). BullMQ ids must not contain ':' nor be plain integers."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model)[:48] or "model"
-    return f"{digest}-{slug}"
+    return f"{digest}-{slug}" + (f"-mf{min_face}" if min_face != DEFAULT_MIN_FACE else "")
 
 
 def new_batch_id() -> str:
@@ -236,6 +238,7 @@ class Batch:
     entries: list[Entry] = field(default_factory=list)
     store: bool = True
     keep_s: int = KEEP_RESULTS_S
+    min_face: int = DEFAULT_MIN_FACE  # what its jobs carry (the submitter's --min-face)
 
     @property
     def jobs(self) -> int:
@@ -247,7 +250,8 @@ async def _save_batch(client: aredis.Redis, batch: Batch) -> None:
     async with client.pipeline(transaction=True) as pipe:
         pipe.delete(meta, items)
         pipe.hset(meta, mapping={"queue": batch.queue, "model": batch.model, "created": str(time.time()),
-                                 "count": str(len(batch.entries)), "store": "1" if batch.store else "0"})
+                                 "count": str(len(batch.entries)), "store": "1" if batch.store else "0",
+                                 "min_face": str(batch.min_face)})
         for i in range(0, len(batch.entries), 1000):
             pipe.rpush(items, *[json.dumps(e.to_json()) for e in batch.entries[i:i + 1000]])
         pipe.expire(meta, batch.keep_s)
@@ -270,6 +274,7 @@ async def load_batch(settings: Settings, batch_id: str) -> Batch:
         await client.aclose()
     return Batch(id=batch_id, queue=meta.get("queue", settings.queue), model=meta.get("model", ""),
                  entries=[Entry.from_json(r) for r in raw], store=meta.get("store", "1") == "1",
+                 min_face=int(meta.get("min_face") or DEFAULT_MIN_FACE),
                  keep_s=int(await _ttl_or_default(settings, batch_id)))
 
 
@@ -282,11 +287,14 @@ async def _ttl_or_default(settings: Settings, batch_id: str) -> int:
     return ttl if ttl and ttl > 0 else KEEP_RESULTS_S
 
 
-def job_spec(jid: str, data: bytes, filename: str, store: bool, batch_id: str) -> dict[str, Any]:
+def job_spec(jid: str, data: bytes, filename: str, store: bool, batch_id: str,
+             min_face: int = DEFAULT_MIN_FACE) -> dict[str, Any]:
+    """A job as BullMQ's addBulk takes it. Our jobs always carry `min_face`; a job without it
+    (the Node.js app's) is scored with the worker's FACESCORE_MIN_FACE."""
     return {
         "name": JOB_NAME,
         "data": {"image": base64.b64encode(data).decode("ascii"), "filename": filename, "store": store,
-                 "batch": batch_id},
+                 "batch": batch_id, "min_face": min_face},
         "opts": {"jobId": jid, "attempts": ATTEMPTS, "backoff": {"type": "exponential", "delay": BACKOFF_MS}},
     }
 
@@ -478,7 +486,8 @@ class QueueClient:
                 workers = await self.workers(max_age_s=0.0)
             client, queue = self._client(), self._queue()
             batch = Batch(id=batch_id or new_batch_id(), queue=self.queue,
-                          model=model_version(workers, self.settings), store=store, keep_s=keep_s)
+                          model=model_version(workers, self.settings), store=store, keep_s=keep_s,
+                          min_face=self.settings.min_face)
             specs: list[dict[str, Any]] = []
             queued: set[str] = set()
             size = 0
@@ -494,12 +503,12 @@ class QueueClient:
                     batch.entries.append(entry)
                     continue
                 entry.sha256 = images.sha256(data)
-                entry.job = job_id(entry.sha256, batch.model)
+                entry.job = job_id(entry.sha256, batch.model, batch.min_face)
                 batch.entries.append(entry)
                 if entry.job in queued:
                     continue
                 queued.add(entry.job)
-                specs.append(job_spec(entry.job, data, Path(shown).name, store, batch.id))
+                specs.append(job_spec(entry.job, data, Path(shown).name, store, batch.id, batch.min_face))
                 size += len(data)
                 # The first chunks are small so the workers start at once; later ones fill up to
                 # CHUNK_BYTES, so a 100k batch costs few round trips and never sits in memory whole.
@@ -679,7 +688,7 @@ class QueueClient:
                 except ImageError as exc:
                     gone.append((jid, "failed", f"the job was lost by Redis and the file cannot be read again: {exc}"))
                     continue
-                specs.append(job_spec(jid, data, Path(entry.path).name, batch.store, batch.id))
+                specs.append(job_spec(jid, data, Path(entry.path).name, batch.store, batch.id, batch.min_face))
             if not await self._client().exists(BATCH_KEY + batch.id):
                 await _save_batch(self._client(), batch)
             return specs, gone
@@ -706,8 +715,9 @@ class QueueClient:
         workers = await self.workers()
         if not workers:
             raise NoWorker(f"no live worker on queue {self.queue!r}")
-        jid = job_id(images.sha256(data), model_version(workers, self.settings))
-        spec = job_spec(jid, data, filename, store, batch_id)
+        min_face = self.settings.min_face
+        jid = job_id(images.sha256(data), model_version(workers, self.settings), min_face)
+        spec = job_spec(jid, data, filename, store, batch_id, min_face)
 
         async def requeue(lost: list[str]) -> tuple[list[dict[str, Any]], list[tuple[str, str, Any]]]:
             return [spec], []

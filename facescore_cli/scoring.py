@@ -18,7 +18,7 @@ import numpy as np
 from . import images
 from .config import Settings
 from .errors import FaceScoreError, ImageError, ServiceUnavailable
-from .ml.types import Face, Prediction
+from .ml.types import DEFAULT_MIN_FACE, Face, Prediction
 from .result import NO_FACE, FaceResult, ImageResult
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,9 @@ class Backend(Protocol):
 
     name: str  # the `source` it produces: remote | local
 
-    def analyze(self, image: images.DecodedImage, data: bytes) -> tuple[list[Face], np.ndarray]:
+    def analyze(self, image: images.DecodedImage, data: bytes, *, min_face: int = DEFAULT_MIN_FACE
+                ) -> tuple[list[Face], np.ndarray]:
+        """The faces at least about `min_face` pixels wide, largest first, and their vectors."""
         ...
 
 
@@ -42,7 +44,8 @@ class LocalBackend:
     def __init__(self, cache_dir: Path | None = None) -> None:
         self.cache_dir = cache_dir
 
-    def analyze(self, image: images.DecodedImage, data: bytes) -> tuple[list[Face], np.ndarray]:
+    def analyze(self, image: images.DecodedImage, data: bytes, *, min_face: int = DEFAULT_MIN_FACE
+                ) -> tuple[list[Face], np.ndarray]:
         from .ml import resnet
         from .ml.detect import detect
         from .ml.embed import embed
@@ -50,7 +53,7 @@ class LocalBackend:
         resnet.session(self.cache_dir)  # made once per process, in our cache folder
         # The faces as the wire carries them (landmarks to 0.01 px), so that the local link and
         # the remote services embed the very same points and agree on the score.
-        faces = [Face.from_json(f.to_json()) for f in detect(image)]
+        faces = [Face.from_json(f.to_json()) for f in detect(image, min_face=min_face)]
         return faces, embed(image, faces)
 
     def warm_up(self) -> None:
@@ -106,17 +109,21 @@ class Scorer:
     def from_settings(cls, settings: Settings) -> "Scorer":
         return cls(settings=settings, chain=build_chain(settings) if settings.use_real_ml else [])
 
-    def score_file(self, path: Path, display: str | None = None) -> ImageResult:
+    def score_file(self, path: Path, display: str | None = None, *, min_face: int | None = None) -> ImageResult:
         shown = display if display is not None else str(path)
         start = time.perf_counter()
         try:
             data = images.read_file(path, self.settings.max_image_bytes)
         except ImageError as exc:
             return ImageResult(path=shown, error=str(exc), elapsed_ms=_ms(start))
-        return self.score_bytes(data, shown, start=start)
+        return self.score_bytes(data, shown, start=start, min_face=min_face)
 
-    def score_bytes(self, data: bytes, path: str = "", *, start: float | None = None) -> ImageResult:
+    def score_bytes(self, data: bytes, path: str = "", *, start: float | None = None,
+                    min_face: int | None = None) -> ImageResult:
+        """One image through the chain. `min_face`: the narrowest face to look for, in the
+        image's pixels (None: the settings' FACESCORE_MIN_FACE)."""
         start = time.perf_counter() if start is None else start
+        min_face = self.settings.min_face if min_face is None else min_face
         digest = images.sha256(data)
         try:
             image = images.decode(data, max_bytes=self.settings.max_image_bytes,
@@ -127,7 +134,7 @@ class Scorer:
         failures: list[str] = []
         for backend in self.chain:
             try:
-                faces, vectors = backend.analyze(image, data)
+                faces, vectors = backend.analyze(image, data, min_face=min_face)
                 result = self._from_model(path, faces, vectors, backend.name)
             except ServiceUnavailable as exc:
                 failures.append(f"{backend.name}: {exc}")

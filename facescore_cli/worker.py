@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from . import pipeline, queue
-from .config import Settings
+from .config import Settings, parse_min_face
 from .health import redact
 from .pool import READY_TIMEOUT_S, PoolClosed, ScoringPool
 
@@ -150,10 +150,10 @@ class FaceWorker:
         info: dict[str, Any] = {"job": job.id, "attempt": job.attemptsMade + 1,
                                 "filename": (job.data or {}).get("filename") if isinstance(job.data, dict) else None}
         try:
-            image, filename = self._validate(job)
+            image, filename, min_face = self._validate(job)
             assert self._pool is not None, "worker not started"
             try:
-                out = await asyncio.wrap_future(self._pool.submit_encoded(image, filename))
+                out = await asyncio.wrap_future(self._pool.submit_encoded(image, filename, min_face))
             except PoolClosed:
                 raise TransientError("the worker stopped while scoring this job") from None
             if out["kind"] in ("image", "crashed"):  # crashed twice: a third process would too
@@ -188,7 +188,9 @@ class FaceWorker:
             except Exception as exc:  # the result matters more than the tidy-up
                 self._log("error", job=job.id, error=f"could not drop the image: {type(exc).__name__}: {exc}")
 
-    def _validate(self, job: Any) -> tuple[str, str]:
+    def _validate(self, job: Any) -> tuple[str, str, int | None]:
+        """(image, filename, min_face) of a job; min_face None when the job does not say (the
+        Node.js app's jobs): then this worker's FACESCORE_MIN_FACE applies."""
         from bullmq import UnrecoverableError
 
         if job.name != queue.JOB_NAME:
@@ -197,7 +199,13 @@ class FaceWorker:
         if not isinstance(data, dict) or not isinstance(data.get("image"), str) or not data["image"]:
             raise UnrecoverableError('job data must be a JSON object with "image": a base64 string')
         filename = data.get("filename")
-        return data["image"], filename if isinstance(filename, str) else ""
+        min_face = data.get("min_face")
+        if min_face is not None:
+            try:
+                min_face = parse_min_face(min_face)
+            except ValueError as exc:
+                raise UnrecoverableError(f'job data "min_face": {exc}') from None
+        return data["image"], filename if isinstance(filename, str) else "", min_face
 
     # liveness ----------------------------------------------------------------------------------
 

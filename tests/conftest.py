@@ -101,7 +101,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     for name in ("REDIS_URL", "FACE_DETECTION_SERVICE", "FACE_EMBEDDING_SERVICE", "ML_SERVICE_TIMEOUT",
                  "USE_REAL_ML", "FALLBACK_TO_SIMULATED", "SIMULATED_ML_THRESHOLD", "FALLBACK_TO_LOCAL",
                  "FACESCORE_VIA", "FACESCORE_QUEUE", "QDRANT_URL", "QDRANT_API_KEY", "FACESCORE_SERVICE_TOKEN",
-                 "FACESCORE_MAX_IMAGE_BYTES", "FACESCORE_MAX_IMAGE_PIXELS", "FACESCORE_HEAD"):
+                 "FACESCORE_MAX_IMAGE_BYTES", "FACESCORE_MAX_IMAGE_PIXELS", "FACESCORE_HEAD", "FACESCORE_MIN_FACE"):
         monkeypatch.delenv(name, raising=False)
     home = tmp_path / "home"
     monkeypatch.setenv("FACESCORE_HOME", str(home))

@@ -207,3 +207,26 @@ class paused:
                 os.kill(pid, signal.SIGCONT)
             except ProcessLookupError:
                 pass
+
+
+async def add_jobs(settings: Settings, jobs: list[tuple[str, dict, dict]]) -> None:
+    """(name, data, opts) jobs added by BullMQ's own Queue.add, as any producer would."""
+    from bullmq import Queue
+
+    q = Queue(settings.queue, queue.bull_opts(settings))
+    try:
+        for name, data, opts in jobs:
+            await q.add(name, data, opts)
+    finally:
+        await q.close()
+
+
+def finished_job(client, settings: Settings, jid: str, timeout: float = 30.0) -> dict[str, str]:
+    """The job's Redis hash once BullMQ has recorded its outcome (finishedOn set)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.hgetall(f"{queue.PREFIX}:{settings.queue}:{jid}")
+        if job.get("finishedOn"):
+            return job
+        time.sleep(0.05)
+    raise TimeoutError(jid)

@@ -12,12 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-import redis
 
 from conftest import RedisServer
 from facescore_cli import queue
-from queue_support import (CLI, WorkerProc, alive, base_env, big_photo, children, run_cli, scoring_children,
-                           settings_for, small_faces, wait_live, wait_until)
+from queue_support import (CLI, WorkerProc, add_jobs, alive, base_env, big_photo, children, finished_job, run_cli,
+                           scoring_children, settings_for, small_faces, wait_live, wait_until)
 
 
 @pytest.fixture(scope="module")
@@ -115,27 +114,6 @@ def test_redis_restart_mid_batch_completes(faces40, local_scores, tmp_path):
         server.stop()
 
 
-async def _add(settings, jobs: list[tuple[str, dict, dict]]) -> None:
-    from bullmq import Queue
-
-    q = Queue(settings.queue, queue.bull_opts(settings))
-    try:
-        for name, data, opts in jobs:
-            await q.add(name, data, opts)
-    finally:
-        await q.close()
-
-
-def _job(client: redis.Redis, settings, jid: str, timeout: float = 30.0) -> dict[str, str]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.hgetall(f"{queue.PREFIX}:{settings.queue}:{jid}")
-        if job.get("finishedOn"):
-            return job
-        time.sleep(0.05)
-    raise TimeoutError(jid)
-
-
 def test_bad_jobs_fail_at_once_with_a_reason_and_good_ones_return_the_contract(redis_server, portrait, tmp_path):
     env = base_env(redis_server.url, tmp_path / "home", FACESCORE_MAX_IMAGE_BYTES="200000")
     settings = settings_for(env)
@@ -144,7 +122,7 @@ def test_bad_jobs_fail_at_once_with_a_reason_and_good_ones_return_the_contract(r
     big = base64.b64encode(b"\xff" * 300_000).decode()
     try:
         w.wait_started()
-        asyncio.run(_add(settings, [
+        asyncio.run(add_jobs(settings, [
             ("score", {"image": base64.b64encode(b"this is not an image").decode()}, {"jobId": "notimage", **retry}),
             ("score", {"image": "%%% not base64 %%%"}, {"jobId": "badb64", **retry}),
             ("score", {"image": big}, {"jobId": "toobig", **retry}),
@@ -156,7 +134,7 @@ def test_bad_jobs_fail_at_once_with_a_reason_and_good_ones_return_the_contract(r
         client = queue.redis_client(settings)
         reasons = {}
         for jid in ("notimage", "badb64", "toobig", "noimage", "othername"):
-            job = _job(client, settings, jid)
+            job = finished_job(client, settings, jid)
             assert not job.get("returnvalue") or job["returnvalue"] == "null"
             assert int(job.get("atm") or job.get("attemptsMade") or 0) == 1, f"{jid} was retried"
             reasons[jid] = job["failedReason"]
@@ -165,14 +143,14 @@ def test_bad_jobs_fail_at_once_with_a_reason_and_good_ones_return_the_contract(r
         assert "cap" in reasons["toobig"]
         assert "image" in reasons["noimage"]
         assert "unknown job name" in reasons["othername"]
-        good = json.loads(_job(client, settings, "good")["returnvalue"])
+        good = json.loads(finished_job(client, settings, "good")["returnvalue"])
         # finished jobs keep their result, not the photo
         for jid in ("good", "notimage", "toobig"):  # dropped just after BullMQ records the outcome
             deadline = time.monotonic() + 10
-            while "image" in (kept := json.loads(_job(client, settings, jid)["data"])) and time.monotonic() < deadline:
+            while "image" in (kept := json.loads(finished_job(client, settings, jid)["data"])) and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert "image" not in kept, jid
-        assert json.loads(_job(client, settings, "good")["data"])["filename"] == "p.jpg"
+        assert json.loads(finished_job(client, settings, "good")["data"])["filename"] == "p.jpg"
         assert {"score", "vibe", "rank", "faces", "source", "model"} <= good.keys()
         assert good["faces"] and good["score"] == good["faces"][0]["score"]
         assert 0 <= good["score"] <= 100 and len(good["faces"][0]["box"]) == 4
@@ -226,7 +204,7 @@ def test_kill9_of_a_scoring_process_the_worker_scores_on(redis_server, portrait,
         os.kill(pid, signal.SIGSTOP)  # what it is handed cannot finish before the kill, however fast the machine
         bigs = [base64.b64encode(big_photo(portrait, tmp_path / f"big{i}.jpg", 5000 - 10 * i).read_bytes()).decode()
                 for i in range(3)]  # about 3 s of work: the kill comes while one is being scored
-        asyncio.run(_add(settings, [(queue.JOB_NAME, {"image": b}, {"jobId": f"big{i}"}) for i, b in enumerate(bigs)]))
+        asyncio.run(add_jobs(settings, [(queue.JOB_NAME, {"image": b}, {"jobId": f"big{i}"}) for i, b in enumerate(bigs)]))
         time.sleep(0.5)
         assert not w.events("completed")
         os.kill(pid, signal.SIGKILL)
@@ -235,7 +213,7 @@ def test_kill9_of_a_scoring_process_the_worker_scores_on(redis_server, portrait,
         assert [e["attempt"] for e in done] == [1, 1, 1] and all(e["faces"] == 1 for e in done)  # retried in the pool
         [new] = scoring_children(w.proc.pid)
         assert new != pid and not alive(pid)
-        asyncio.run(_add(settings, [(queue.JOB_NAME, {"image": base64.b64encode(portrait.read_bytes()).decode()},
+        asyncio.run(add_jobs(settings, [(queue.JOB_NAME, {"image": base64.b64encode(portrait.read_bytes()).decode()},
                                      {"jobId": "small"})]))
         _wait_completed([w], 4)
     finally:

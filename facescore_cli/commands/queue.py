@@ -11,7 +11,7 @@ import typer
 
 from .. import console
 from .serve import LOG_LEVEL, LogLevel
-from ..console import duration, duration_from_ms_era, err, fail, note, out, settings_or_exit, via_choice, warn
+from ..console import MIN_FACE, duration, duration_from_ms_era, err, fail, note, out, settings_or_exit, via_choice, warn
 
 
 def submit(
@@ -26,6 +26,7 @@ def submit(
     store: bool = typer.Option(True, "--store/--no-store",
                                help="Keep the results in the face store when they are collected with `results`."),
     null: bool = typer.Option(False, "-0", "--null", help="With INPUT -: the paths on stdin are NUL-separated."),
+    min_face: Optional[int] = MIN_FACE,
 ) -> None:
     """Put images on the Redis queue and print the batch id at once; collect with `facescore results`.
 
@@ -46,7 +47,7 @@ def submit(
     from ..cli import collect_inputs, read_inputs
     from ..errors import ServiceUnavailable
 
-    settings = settings_or_exit()
+    settings = settings_or_exit(min_face)
     choice = via_choice(settings, via)
     if choice == "local":
         fail("submit puts images on the queue; --via local makes no sense here (use score or batch)")

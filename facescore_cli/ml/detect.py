@@ -16,7 +16,7 @@ from PIL import Image
 
 from ..images import DecodedImage
 from . import models, mtcnn
-from .types import Face
+from .types import DEFAULT_MIN_FACE, Face
 
 DETECTOR_NAME = "mtcnn+dlib5"
 
@@ -51,13 +51,13 @@ def load_sessions() -> None:
     mtcnn._sessions()
 
 
-def detect(image: DecodedImage, *, min_face: int = 40) -> list[Face]:
+def detect(image: DecodedImage, *, min_face: int = DEFAULT_MIN_FACE) -> list[Face]:
     """Find every face at least `min_face` pixels wide (in the original image's pixels)."""
     return detect_pixels(image.pixels, image.scale, min_face=min_face)
 
 
 def detect_pixels(
-    pixels: np.ndarray, scale: float = 1.0, *, min_face: int = 40, threshold: float = THRESHOLD
+    pixels: np.ndarray, scale: float = 1.0, *, min_face: int = DEFAULT_MIN_FACE, threshold: float = THRESHOLD
 ) -> list[Face]:
     """`detect` on a bare array; `scale` is decoded size / original size.
 

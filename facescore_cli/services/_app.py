@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
@@ -95,6 +97,15 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 # --- the app --------------------------------------------------------------------------------
 
+async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's own parameter checks (a query parameter out of range) answer 422 with the one-line
+    `detail` string every other error has, as the published ErrorModel says, not pydantic's list."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    first = errors[0] if errors else {}
+    where = " ".join(str(part) for part in first.get("loc", ()))
+    return JSONResponse({"detail": f"{where}: {first.get('msg', 'invalid request')}".strip(": ")}, status_code=422)
+
+
 class Service:
     """The state one service process holds: its config, its thread pool, its warm models."""
 
@@ -125,6 +136,7 @@ class Service:
 
         app = FastAPI(title=title, version=__version__, description=description, lifespan=lifespan)
         app.add_middleware(RequestLog)
+        app.add_exception_handler(RequestValidationError, _invalid_request)
         return app
 
     def auth(self) -> Any:

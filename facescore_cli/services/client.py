@@ -23,7 +23,7 @@ from ..config import Settings
 from ..errors import ServiceUnavailable
 from ..images import DecodedImage
 from ..ml import models
-from ..ml.types import Face
+from ..ml.types import DEFAULT_MIN_FACE, Face
 
 log = logging.getLogger(__name__)
 
@@ -197,18 +197,21 @@ class RemoteBackend:
         self.detection = ServiceClient("detection", settings.face_detection_service, settings.service_token, **kw)
         self.embedding = ServiceClient("embedding", settings.face_embedding_service, settings.service_token, **kw)
 
-    def analyze(self, image: DecodedImage, data: bytes) -> tuple[list[Face], np.ndarray]:
+    def analyze(self, image: DecodedImage, data: bytes, *, min_face: int = DEFAULT_MIN_FACE) -> tuple[list[Face], np.ndarray]:
         # The original bytes, not our pixels: the service decodes them exactly as we did.
         deadline = self.clock() + self.timeout_s
-        faces = self.detect(image, data, deadline)
+        faces = self.detect(image, data, deadline, min_face=min_face)
         if not faces:
             return [], np.zeros((0, models.EMBEDDING_DIM), dtype=np.float32)
         return faces, self.embed(data, faces, deadline)
 
-    def detect(self, image: DecodedImage, data: bytes, deadline: float) -> list[Face]:
+    def detect(self, image: DecodedImage, data: bytes, deadline: float, *, min_face: int = DEFAULT_MIN_FACE) -> list[Face]:
         svc = self.detection
         ctype = _IMAGE_TYPES.get(image.format, "application/octet-stream")
-        answer = svc.request("POST", "/detect", deadline, content=data, headers={"Content-Type": ctype})
+        # min_face only when it is not the default: a service that predates it, or another
+        # implementation of the contract, answers exactly as before.
+        params = {"min_face": str(min_face)} if min_face != DEFAULT_MIN_FACE else None
+        answer = svc.request("POST", "/detect", deadline, content=data, headers={"Content-Type": ctype}, params=params)
         try:
             size = (int(answer["width"]), int(answer["height"]))
             faces = [Face.from_json(f) for f in answer["faces"]]

@@ -5,14 +5,16 @@ Run it with `facescore serve detection`; uvicorn builds the app from the import 
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
-from fastapi import HTTPException, Request
+from fastapi import HTTPException, Query, Request
 from pydantic import BaseModel
 
 from .. import __version__
 from ..ml import detect as _detect
+from ..ml.types import DEFAULT_MIN_FACE, LARGEST_MIN_FACE, SMALLEST_MIN_FACE
 from ._app import ERRORS, FaceModel, Health, Service, ServiceConfig, image_from_json, parse_json, setup_logging
 
 MODEL = getattr(_detect, "DETECTOR_NAME", "facescore-detector")
@@ -60,8 +62,15 @@ def create_app(config: ServiceConfig | None = None) -> Any:
                 "image": {"type": "string", "description": "the image bytes in base64"}}}},
         }}},
     )
-    async def detect(request: Request) -> dict[str, Any]:
+    async def detect(
+        request: Request,
+        min_face: int = Query(DEFAULT_MIN_FACE, ge=SMALLEST_MIN_FACE, le=LARGEST_MIN_FACE,
+                              description="the narrowest face to look for, in the image's pixels; larger is faster"),
+    ) -> dict[str, Any]:
         """Faces in the image (raw bytes with an image content type, or JSON `{"image": base64}`)."""
+        unknown = sorted(set(request.query_params) - {"min_face"})
+        if unknown:  # a typo (min-face, minface) must not silently search from 40 px
+            raise HTTPException(422, f"unknown query parameter {unknown[0]!r} (this endpoint takes min_face)")
         ctype = request.headers.get("content-type", "application/octet-stream").split(";")[0].strip().lower()
         if ctype == "application/json":
             data = image_from_json(parse_json(await svc.read_body(request)))
@@ -71,7 +80,7 @@ def create_app(config: ServiceConfig | None = None) -> Any:
             raise HTTPException(415, f"send the image as image/* bytes or JSON {{\"image\": base64}}, not {ctype}")
         image = await svc.decode(data)
         await svc.delay()
-        faces = await svc.run(_detect.detect, image)
+        faces = await svc.run(functools.partial(_detect.detect, min_face=min_face), image)
         return {"width": image.width, "height": image.height, "model": MODEL,
                 "faces": [f.to_json() for f in faces]}
 
