@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import csv
+import ctypes
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,6 +17,35 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 OMI = REPO.parent / "shared" / "datasets" / "omi"
+
+
+def dies_with_pytest(sig: int = signal.SIGKILL) -> Callable[[], None]:
+    """A Popen `preexec_fn`: the child gets `sig` when the test process dies, however it dies
+    (SIGKILL included; prctl PR_SET_PDEATHSIG, Linux), so no redis-server, service or worker is
+    left running after a killed test run. The kernel ties it to the *thread* that started the
+    child: start long-lived processes from the test's own thread, not from a pool's."""
+    pytest_pid = os.getpid()
+
+    def preexec() -> None:
+        if _PRCTL is None:
+            return
+        _PRCTL(1, sig)  # PR_SET_PDEATHSIG
+        if os.getppid() != pytest_pid:  # the test process died before the request took effect
+            os._exit(1)
+
+    return preexec
+
+
+def _find_prctl() -> Callable[..., int] | None:
+    # Looked up here, not in the forked child: a dlopen after fork could wait for ever on the
+    # loader's lock held by another thread of the test process at the moment of the fork.
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _find_prctl()
 
 
 def free_port() -> int:
@@ -76,7 +109,7 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=dies_with_pytest(),
         )
         wait_for_port(self.port)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from conftest import dies_with_pytest
 from facescore_cli import queue
 from facescore_cli.config import Settings
 
@@ -58,7 +59,7 @@ class WorkerProc:
         self.proc = subprocess.Popen(
             CLI + ["worker", "--concurrency", str(concurrency), "--lock-duration", f"{lock_ms}ms",
                    "--stalled-interval", f"{stalled_ms}ms", "--grace", str(grace)],
-            env=env, stdout=self.fh, stderr=subprocess.STDOUT, start_new_session=True,
+            env=env, stdout=self.fh, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=dies_with_pytest(),
         )
 
     def lines(self) -> list[dict]:
@@ -131,7 +132,8 @@ def small_faces(omi: Path, out: Path, n: int, side: int = 256) -> list[Path]:
 
 def run_cli(args: list[str], env: dict[str, str], timeout: float = 120.0, cwd: Path | None = None
             ) -> subprocess.CompletedProcess:
-    return subprocess.run(CLI + args, env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    return subprocess.run(CLI + args, env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                          preexec_fn=dies_with_pytest())
 
 
 def alive(pid: int) -> bool:
@@ -230,3 +232,10 @@ def finished_job(client, settings: Settings, jid: str, timeout: float = 30.0) ->
             return job
         time.sleep(0.05)
     raise TimeoutError(jid)
+
+
+def kill9_and_check_gone(proc: subprocess.Popen, pids: list[int], timeout: float, what: str) -> None:
+    """SIGKILL `proc`, reap it, and wait (up to `timeout` s) until none of `pids` is alive."""
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    wait_until(lambda: not any(alive(p) for p in pids), timeout, what)

@@ -15,7 +15,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from conftest import free_port, wait_for_port
+from conftest import dies_with_pytest, free_port, wait_for_port
 from facescore_cli.api import create_app
 from queue_support import (CLI, WorkerProc, alive, base_env, big_photo, children, paused, scoring_children,
                            settings_for, small_faces, wait_live, wait_until)
@@ -76,7 +76,8 @@ def test_through_the_workers_under_uvicorn(redis_server, portrait, tmp_path):
     env = base_env(redis_server.url, tmp_path / "home")
     port = free_port()
     api = subprocess.Popen(CLI + ["serve", "api", "--port", str(port), "--via", "queue", "--timeout", "20"],
-                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           preexec_fn=dies_with_pytest())
     w = None
     try:
         wait_for_port(port, 30)
@@ -148,7 +149,8 @@ class Api:
     def __init__(self, env: dict[str, str], *args: str) -> None:
         self.port = free_port()
         self.proc = subprocess.Popen(CLI + ["serve", "api", "--port", str(self.port), *args], env=env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     preexec_fn=dies_with_pytest())
         self.url = f"http://127.0.0.1:{self.port}"
         wait_for_port(self.port, 60)
 

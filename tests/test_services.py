@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import EXAMPLES, free_port
+from conftest import EXAMPLES, dies_with_pytest, free_port
 
 from facescore_cli import images
 from facescore_cli.cli import app
@@ -56,11 +56,19 @@ class Service:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     def start(self, timeout: float = 30.0) -> "Service":
+        return self.launch().wait_ready(timeout)
+
+    def launch(self) -> "Service":
+        """Start the process (from the calling thread: it dies with that thread, see dies_with_pytest)."""
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "facescore_cli", "serve", self.kind, "--port", str(self.port), "--log-level", "warning",
              *self.args],
-            env=self.env, stdout=subprocess.DEVNULL, stderr=self.stderr,
+            env=self.env, stdout=subprocess.DEVNULL, stderr=self.stderr, preexec_fn=dies_with_pytest(),
         )
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> "Service":
+        assert self.proc is not None, "launch() first"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -91,11 +99,15 @@ class Service:
 
 
 def start_pair(env: dict[str, str] | None = None, token: str | None = None) -> tuple[Service, Service]:
-    """Both services, started side by side."""
-    det, emb = Service("detection", env, token), Service("embedding", env, token)
-    with ThreadPoolExecutor(2) as pool:
-        for f in [pool.submit(det.start), pool.submit(emb.start)]:
-            f.result()
+    """Both services, loading side by side (launched from this thread, so they die with it)."""
+    det, emb = Service("detection", env, token).launch(), Service("embedding", env, token).launch()
+    try:
+        det.wait_ready()
+        emb.wait_ready()
+    except BaseException:
+        det.stop()
+        emb.stop()
+        raise
     return det, emb
 
 

@@ -25,7 +25,7 @@ from facescore_cli.health import check_qdrant
 from facescore_cli.store import (FaceStore, StoreLocked, collection_name, embedded_path, legacy_path, percentile,
                                  point_id, points_of, remember_all, similarity)
 
-from conftest import EXAMPLES, free_port
+from conftest import EXAMPLES, dies_with_pytest, free_port
 
 FACES = sorted((EXAMPLES / "faces").glob("*.jpg"))
 
@@ -250,7 +250,8 @@ def test_sigkill_while_writing_never_loses_a_face_reported_stored(clean_env: Pat
     reported: list[str] = []
     for round_, stop_after in enumerate((700, 1300)):  # 1400 and 2600 faces: past a flush (every 1000)
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(round_)], stdout=subprocess.PIPE, text=True,
-                                env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+                                env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+                                preexec_fn=dies_with_pytest())
         try:
             assert proc.stdout is not None
             for line in proc.stdout:

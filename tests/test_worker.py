@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import RedisServer
+from conftest import RedisServer, dies_with_pytest
 from facescore_cli import queue
 from queue_support import (CLI, WorkerProc, add_jobs, alive, base_env, big_photo, children, finished_job, run_cli,
                            scoring_children, settings_for, small_faces, wait_live, wait_until)
@@ -67,7 +67,8 @@ def test_kill9_one_of_two_workers_loses_nothing(redis_server, faces40, local_sco
         wait_live(env, 2)
         out = tmp_path / "queue.csv"
         batch = subprocess.Popen(CLI + ["batch", str(faces40), "--out", str(out), "--via", "queue", "--no-store"],
-                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 preexec_fn=dies_with_pytest())
         _wait_completed([a, b], 6)
         a.kill9()  # mid-batch, holding a job (its lock expires, the stalled check hands it to b)
         killed_at = time.time()
@@ -98,7 +99,8 @@ def test_redis_restart_mid_batch_completes(faces40, local_scores, tmp_path):
         w.wait_started()
         out = tmp_path / "restart.csv"
         batch = subprocess.Popen(CLI + ["batch", str(faces40), "--out", str(out), "--via", "queue", "--no-store"],
-                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 preexec_fn=dies_with_pytest())
         _wait_completed([w], 5)
         server.stop()  # no persistence: Redis comes back empty, the producer adds what it lost
         time.sleep(1.5)
