@@ -33,7 +33,7 @@ bench: $(BIN)/python
 	$(BIN)/python -m pip install --quiet --no-deps face_recognition
 	$(BIN)/python -m pip install --quiet 'setuptools<81'
 	$(COMPILE)
-	$(BIN)/python bench/bench_batch.py --kind both
+	$(BIN)/python bench/bench_batch.py --kind both --repeat 5
 	$(BIN)/python bench/bench_startup.py
 
 clean:
