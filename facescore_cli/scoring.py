@@ -109,14 +109,14 @@ class Scorer:
     def from_settings(cls, settings: Settings) -> "Scorer":
         return cls(settings=settings, chain=build_chain(settings) if settings.use_real_ml else [])
 
-    def score_file(self, path: Path, display: str | None = None, *, min_face: int | None = None) -> ImageResult:
+    def score_file(self, path: Path, display: str | None = None) -> ImageResult:
         shown = display if display is not None else str(path)
         start = time.perf_counter()
         try:
             data = images.read_file(path, self.settings.max_image_bytes)
         except ImageError as exc:
             return ImageResult(path=shown, error=str(exc), elapsed_ms=_ms(start))
-        return self.score_bytes(data, shown, start=start, min_face=min_face)
+        return self.score_bytes(data, shown, start=start)
 
     def score_bytes(self, data: bytes, path: str = "", *, start: float | None = None,
                     min_face: int | None = None) -> ImageResult:

@@ -4,12 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 # The narrowest face, in an image's pixels, that detection searches for unless told otherwise
-# (the setting FACESCORE_MIN_FACE, the option --min-face), and the least it can be told:
-# MTCNN's P-Net looks at 12x12 windows (mtcnn.PNET_CELL).
-# The most it can be told: wider than any image decode accepts (60 Mpx), so only a mistake or
-# an attack asks for more (and a huge number must not reach float arithmetic).
+# (the setting FACESCORE_MIN_FACE, the option --min-face).
 DEFAULT_MIN_FACE = 40
+# The least it can be told: MTCNN's P-Net looks at 12x12 windows (mtcnn.PNET_CELL).
 SMALLEST_MIN_FACE = 12
+# The most: wider than any image decode accepts (60 Mpx), so only a mistake or an attack asks
+# for more (and a huge number must not reach float arithmetic).
 LARGEST_MIN_FACE = 100_000
 
 
