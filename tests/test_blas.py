@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -74,8 +75,28 @@ def scoring_process_threads(settings, monkeypatch: pytest.MonkeyPatch, env_value
     with ScoringPool(settings, 1) as pool:
         assert pool.wait_ready(120)
         (pid,) = pool.pids()
+        return settled_threads(pid)
+
+
+def settled_threads(pid: int, quiet_s: float = 1.0, timeout_s: float = 15.0) -> int:
+    """The process's thread count once it has not changed for `quiet_s`. Right after "ready" it
+    still moves: a short-lived thread of the warm-up may not have ended, and onnxruntime's own
+    waiting thread may not have started (counts of 2, 3 and 4 were seen at that moment for the
+    same process kind, which made a single look flaky)."""
+    def count() -> int:
         status = Path(f"/proc/{pid}/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("Threads:")))
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("Threads:")))
+
+    deadline = time.monotonic() + timeout_s
+    last, since = count(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = count()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return now
+    raise AssertionError(f"the thread count of {pid} did not settle within {timeout_s} s")
 
 
 @several_cores
