@@ -179,7 +179,8 @@ def test_draft_decoded_image_gives_boxes_in_original_pixels(portrait_faces):
 
 def test_the_rewritten_networks_compute_what_the_shipped_ones_do(portrait):
     # mtcnn's sessions run the shipped networks rewritten at load: without_prelu swaps
-    # onnxruntime's slow PRelu for Min, a depthwise Conv and Add; for_uint8_rows makes them take
+    # onnxruntime's slow PRelu for x + (1 - a) * Relu(-x) (two depthwise Convs and an Add; Min and
+    # Mul for the dense layers); for_uint8_rows makes them take
     # uint8 images in numpy's (rows, cols) order, normalised inside. Same function: checked on a
     # real image's P-Net level (not square, so rows and columns cannot be confused) and on R-Net /
     # O-Net crops of it.
