@@ -397,6 +397,11 @@ def test_services_honour_their_openapi_documents(pair, small_jpeg, mode):
                       suppress_health_check=list(HealthCheck))
             @given(case=op.as_strategy(generation_mode=generation))
             def call(case):
+                if not positive and any(v is None or v == [] for v in (case.query or {}).values()):
+                    # A parameter "added" with no value (None, []) is not sent at all (the HTTP
+                    # client drops it), so the request that goes out is valid and rightly
+                    # accepted: {'min_face': 6514, 'J': []} went out as ?min_face=6514.
+                    return
                 if positive and isinstance(case.body, dict) and "image" in case.body:
                     case.body["image"] = _b64(small_jpeg)
                 elif positive and isinstance(case.body, bytes):
