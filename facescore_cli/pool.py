@@ -12,6 +12,8 @@ it over a pipe. What the pool guarantees, and `concurrent.futures.ProcessPoolExe
   image gets an error result at once, without a retry: a deterministic hang would hang again;
 - work that has not started can be cancelled (`Future.cancel()`), so an image nobody waits for
   any more is never scored; `max_waiting` bounds what may wait at all (`PoolBusy` beyond it);
+- a process is handed the next file before it answers for the one it scores (HOLD), so it never
+  sits idle waiting for the owner's threads; the file it holds is not blamed when it is lost;
 - no process outlives its owner by more than about a second, even after SIGKILL of the owner:
   the kernel sends it SIGKILL when the owning thread dies (prctl PR_SET_PDEATHSIG), and a thread
   in it checks every second that its parent is still the one that started it (gunicorn's
@@ -52,6 +54,14 @@ READY_TIMEOUT_S = 300.0  # loading the models on a busy 2-core machine
 # anywhere, the images waiting get an error instead of waiting for ever: a broken install must
 # end a batch with one-line errors, not hang it. The pool keeps trying for later work.
 START_FAILURES = 4
+# Images a process may hold at once: the one it scores and the next, already in its pipe, so that
+# it starts on the next the moment it answers instead of waiting for its feeding thread, which
+# needs the owner's GIL to hand it over (held 5-10 ms at a time by the face store's native calls,
+# by the output, by an HTTP server's threads: 4-12 ms a group photo that the process sat idle).
+# Only files (a path: a message far below the pipe's buffer, so a send never waits on the
+# process) are sent ahead, and only while every process has at least one more image waiting:
+# the last images of a batch are never held behind another while a process is free.
+HOLD = 2
 
 
 def too_long(limit_s: float) -> str:
@@ -71,7 +81,7 @@ class PoolClosed(ServiceUnavailable):
 class PoolStatus:
     processes: int  # how many the pool keeps
     ready: int  # alive with their models loaded
-    running: int  # images being scored now
+    running: int  # images handed to a process: being scored, or the next it holds (HOLD)
     waiting: int  # images submitted, not yet started
     restarts: int  # processes replaced since the start
     scored: int  # images the processes have scored (cancelled ones never are)
@@ -352,6 +362,20 @@ class ScoringPool:
                 task = self._next_locked()
             return task
 
+    def _take_ahead(self) -> _Task | None:
+        """A file to send a process ahead of time (see HOLD), if one waits and at least as many
+        images wait as there are processes; None otherwise, without waiting."""
+        with self._lock:
+            while self._waiting and not self._closing and len(self._waiting) >= self.processes:
+                task = self._waiting[0]
+                if task.kind != "file":
+                    return None
+                self._waiting.popleft()
+                if task.claim():
+                    self._running += 1
+                    return task
+            return None
+
     def _next_locked(self) -> _Task | None:
         while self._waiting:
             task = self._waiting.popleft()
@@ -394,11 +418,21 @@ class ScoringPool:
             raise _Gone(f"could not load the models: {detail}")
         return proc, parent_end
 
-    def _run(self, proc: Any, conn: Any, task: _Task) -> Any:
-        limit = self.image_timeout_s
+    @staticmethod
+    def _send(conn: Any, task: _Task) -> bool:
+        """Hand the process a task; False when its pipe is broken (the process is gone)."""
         try:
             conn.send((task.kind, task.args))
-            deadline = time.monotonic() + limit if limit > 0 else None
+        except (OSError, ValueError):
+            return False
+        return True
+
+    def _answer(self, proc: Any, conn: Any, since: float) -> Any:
+        """The process's answer for the oldest task it holds, which it began at `since` (the time
+        limit counts from then); _Gone when it dies first, _TooLong (killed) past the limit."""
+        limit = self.image_timeout_s
+        deadline = since + limit if limit > 0 else None
+        try:
             while not conn.poll(0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))):
                 if not proc.is_alive():
                     raise _Gone(f"exited with {proc.exitcode}")
@@ -414,6 +448,8 @@ class ScoringPool:
     def _feed(self, slot: int) -> None:
         proc = conn = None
         failures = 0
+        held: collections.deque[_Task] = collections.deque()  # sent to the process, oldest first
+        since = 0.0  # when the process began on held[0]
         try:
             while True:
                 if proc is None:
@@ -435,25 +471,34 @@ class ScoringPool:
                         self._pids[slot] = proc.pid
                         self._ready += 1
                         self._lock.notify_all()
-                task = self._take()
-                if task is None and self._closing:
-                    return
-                if not proc.is_alive():  # died while idle: replace it; the task is not to blame
-                    self._note(slot, proc, f"scoring process {proc.pid} exited with {proc.exitcode} while idle")
-                    proc = conn = None
-                    if task is not None:
-                        with self._lock:
-                            self._running -= 1
-                            self._waiting.appendleft(task)
-                            self._lock.notify()
-                    continue
-                if task is None:
-                    continue
-                with self._lock:
-                    self._busy.add(slot)
+                if not held:
+                    task = self._take()
+                    if task is None and self._closing:
+                        return
+                    if not proc.is_alive() or (task is not None and not self._send(conn, task)):
+                        # died while idle: replace it; the task is not to blame
+                        self._note(slot, proc, f"scoring process {proc.pid} exited with {proc.exitcode} while idle")
+                        proc = conn = None
+                        if task is not None:
+                            self._give_back([task])
+                        continue
+                    if task is None:
+                        continue
+                    held.append(task)
+                    since = time.monotonic()
+                    with self._lock:
+                        self._busy.add(slot)
+                while len(held) < HOLD and held[-1].kind == "file":
+                    ahead = self._take_ahead()
+                    if ahead is None:
+                        break
+                    held.append(ahead)
+                    if not self._send(conn, ahead):
+                        break  # gone: _answer says so
                 try:
-                    value = self._run(proc, conn, task)
+                    value = self._answer(proc, conn, since)
                 except _Gone as exc:
+                    task = held.popleft()
                     if self._closing:  # stopped by close() after its grace period
                         self._note(slot, proc, None)
                     else:
@@ -473,19 +518,39 @@ class ScoringPool:
                         else:
                             self._waiting.appendleft(task)  # once more, in a fresh process
                             self._lock.notify()
+                    self._give_back(held)  # sent ahead, not begun: not to blame
+                    held.clear()
                     continue
+                task = held.popleft()
+                since = time.monotonic()  # the process has begun on the next it holds
                 with self._lock:
-                    self._busy.discard(slot)
+                    if not held:
+                        self._busy.discard(slot)
                     self._running -= 1
                     self._scored += 1
                 task.future.set_result(value)
         finally:
+            if held:  # only on an unexpected error in this thread: no future may wait for ever
+                self._give_back(held)
             if proc is not None:
                 self._stop(proc, conn, 5.0)
                 with self._lock:
                     self._pids.pop(slot, None)
                     self._ready -= 1
                     self._lock.notify_all()
+
+    def _give_back(self, tasks: "collections.abc.Iterable[_Task]") -> None:
+        """Tasks a process was handed but never began (it died first): back to the front of the
+        queue in their order, still claimed; closing, they fail with PoolClosed instead."""
+        tasks = list(tasks)
+        with self._lock:
+            self._running -= len(tasks)
+            for task in reversed(tasks):
+                if self._closing:
+                    task.future.set_exception(PoolClosed("the scoring pool was closed"))
+                else:
+                    self._waiting.appendleft(task)
+            self._lock.notify_all()
 
     def _note(self, slot: int, proc: Any, error: str | None, restarted: bool = True) -> None:
         """Record the loss of a slot's process (error None: a stop, not a failure)."""

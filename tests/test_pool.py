@@ -1,7 +1,8 @@
 """The one scoring pool (facescore_cli/pool.py), with real processes and real photos: a process
 killed with SIGKILL is replaced and its image still scored, one that hangs (SIGSTOP) is killed past
-the per-image time limit and its image gets an error, waiting work is cancelled, the processes die
-with their owner (SIGKILL of the owner included), also under `facescore batch`."""
+the per-image time limit and its image gets an error, the file a process holds ahead is not blamed
+for its loss, waiting work is cancelled, the processes die with their owner (SIGKILL of the owner
+included), also under `facescore batch`."""
 from __future__ import annotations
 
 import base64
@@ -55,13 +56,14 @@ def test_scores_as_in_process_and_cancelled_work_is_never_scored(settings, faces
             assert [f.score for f in got[p.name].faces] == [f.score for f in want.faces]
         assert pool.status().scored == len(faces)
 
-        # Two processes busy with real photos; eight more wait and are cancelled: never scored.
+        # Two processes busy with real photos and each holding the next; six more wait and are
+        # cancelled: never scored.
         futures = [pool.submit_file(p, p.name) for p in faces[:10]]
         cancelled = sum(f.cancel() for f in futures[2:])
         for f in futures:
             if not f.cancelled():
                 assert f.result(60).faces
-        assert cancelled >= 6  # at most the two processes took one more each before the cancel
+        assert cancelled >= 6  # the two processes took at most one more each (held) before the cancel
         assert pool.status().scored == len(faces) + 10 - cancelled
         assert pool.status().waiting == 0 and pool.status().running == 0
 
@@ -127,6 +129,57 @@ def test_kill9_of_a_scoring_process_is_replaced_and_its_image_retried_once(setti
         assert victim.result(120).error == CRASHED
         assert pool.submit_file(faces[0], "after").result(120).faces
         assert pool.status().restarts == 3
+
+
+def test_a_process_holds_the_next_file_and_its_loss_does_not_blame_that_file(settings, faces, big):
+    """A process is handed the next file before it answers (pool.HOLD), so it never waits for the
+    owner's threads. That file is claimed (no longer cancellable); when the process is killed past
+    the time limit, or dies, before answering, it goes back to the queue without blame."""
+    limited = dataclasses.replace(settings, image_timeout_s=LIMIT_S)
+    with ScoringPool(limited, 1) as pool:
+        assert pool.wait_ready(120)
+        [pid] = pool.pids()
+        os.kill(pid, signal.SIGSTOP)  # nothing it is handed can finish
+        first = pool.submit_file(big, "first.jpg")
+        second = pool.submit_file(faces[0], "second.jpg")
+        third = pool.submit_file(faces[1], "third.jpg")
+        wait_until(lambda: pool.status().running == 2, 10, "two files handed to the process")
+        assert pool.status().waiting == 1 and pool.pids(busy=True) == [pid]
+        assert not second.cancel() and third.cancel()
+        assert first.result(LIMIT_S + 60).error == too_long(LIMIT_S)
+        assert second.result(120).faces  # scored by the replacement, not failed with the first
+        status = pool.status()
+        assert status.restarts == 1 and status.last_error.endswith(f"{pid} was killed after 5 s while scoring first.jpg")
+        assert (status.scored, status.waiting, status.running) == (1, 0, 0) and third.cancelled()
+
+        # SIGKILL while it holds two: the first is retried once, the one behind it scored as well
+        [pid] = pool.pids()
+        os.kill(pid, signal.SIGSTOP)
+        again, behind = pool.submit_file(big, "again.jpg"), pool.submit_file(faces[2], "behind.jpg")
+        wait_until(lambda: pool.status().running == 2, 10, "two files handed to the process")
+        os.kill(pid, signal.SIGKILL)
+        assert again.result(120).faces and behind.result(120).faces
+        status = pool.status()
+        assert status.restarts == 2 and "exited with -9 while scoring again.jpg" in status.last_error
+        assert (status.scored, status.waiting, status.running) == (3, 0, 0)
+
+
+def test_the_last_files_are_not_held_while_a_process_is_free(settings, faces):
+    """Files are sent ahead only while every process has another one waiting: two files for two
+    processes go one to each, not both to the first."""
+    with ScoringPool(settings, 2) as pool:
+        assert pool.wait_ready(120)
+        for pid in pool.pids():
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            futures = [pool.submit_file(p, p.name) for p in faces[:2]]
+            wait_until(lambda: pool.status().running == 2, 10, "both files handed out")
+            time.sleep(0.2)
+            assert pool.pids(busy=True) == pool.pids() and len(pool.pids()) == 2
+        finally:
+            for pid in pool.pids():
+                os.kill(pid, signal.SIGCONT)
+        assert all(f.result(120).faces for f in futures)
 
 
 def test_processes_die_with_their_owner_even_on_sigkill(settings, faces, tmp_path):
