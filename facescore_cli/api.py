@@ -1,8 +1,10 @@
 """The original system's REST endpoint: `POST /api/score` with `{"image": "<base64>"}`.
 
-Answers `{"success": true, "data": {...}}` with the same `data` object as the job's return value
-(CONTRACT.md), or `{"success": false, "error": "..."}` with a status that says whose fault it is:
-400 no body / malformed JSON / bad base64, 413 too big, 422 not an image or no face, 503 busy, no
+An optional `"min_face"` in the body (pixels, 12-100000, as `--min-face`; default: the server's
+FACESCORE_MIN_FACE) is the narrowest face to look for. Answers `{"success": true, "data": {...}}`
+with the same `data` object as the job's return value (CONTRACT.md), or `{"success": false,
+"error": "..."}` with a status that says whose fault it is: 400 no body / malformed JSON / bad
+base64 / bad min_face, 413 too big, 422 not an image or no face, 503 busy, no
 worker or timed out (with Retry-After), 500 scoring failed. Scores in a local `ScoringPool` with
 `via="local"`, through the queue's workers with `via="queue"`; `auto` decides per request from the
 workers' heartbeats.
@@ -27,7 +29,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from . import __version__, jsonbody, pipeline, queue, web
-from .config import Settings
+from .config import Settings, parse_min_face
 from .errors import ServiceUnavailable
 from .health import redact
 from .pool import PoolBusy, PoolClosed, ScoringPool
@@ -118,7 +120,8 @@ def create_app(settings: Settings | None = None, via: str | None = None, timeout
                   description="The original system's endpoint: POST /api/score with {\"image\": \"<base64>\"}.")
     web.mount(app)  # GET /: the page that scores dropped photos through POST /api/score
 
-    async def read_image(request: Request) -> tuple[str, bytes]:
+    async def read_image(request: Request) -> tuple[str, bytes, int | None]:
+        """The request's base64 text, its bytes, and its `min_face` (None: the server's setting)."""
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > max_body:
             raise ApiError(413, f"body is over the {max_body // (1024 * 1024)} MB limit")
@@ -135,6 +138,12 @@ def create_app(settings: Settings | None = None, via: str | None = None, timeout
             raise ApiError(400, f'body is not JSON ({exc}): send {{"image": "<base64>"}}') from None
         if not isinstance(payload, dict) or not isinstance(payload.get("image"), str) or not payload["image"].strip():
             raise ApiError(400, 'missing "image": send {"image": "<base64>"}')
+        min_face = None
+        if payload.get("min_face") is not None:
+            try:
+                min_face = parse_min_face(payload["min_face"])
+            except ValueError as exc:
+                raise ApiError(400, f'"min_face": {exc}') from None
         text = payload["image"].strip()
         if text.startswith("data:") and "," in text:
             text = text.split(",", 1)[1]
@@ -148,7 +157,7 @@ def create_app(settings: Settings | None = None, via: str | None = None, timeout
             raise ApiError(400, '"image" is empty')
         if len(data) > settings.max_image_bytes:
             raise ApiError(413, f"image is over the {settings.max_image_bytes / (1024 * 1024):.1f} MB cap")
-        return text, data
+        return text, data, min_face
 
     async def choose() -> tuple[str, int]:
         """("local" | "queue", its scoring slots)."""
@@ -170,9 +179,9 @@ def create_app(settings: Settings | None = None, via: str | None = None, timeout
             return _fail(422, NO_FACE, data)
         return JSONResponse({"success": True, "data": data})
 
-    async def score_local(request: Request, text: str) -> JSONResponse:
+    async def score_local(request: Request, text: str, min_face: int | None) -> JSONResponse:
         try:
-            out = await _unless_gone(request, asyncio.wrap_future(pool.submit_encoded(text)))
+            out = await _unless_gone(request, asyncio.wrap_future(pool.submit_encoded(text, min_face=min_face)))
         except PoolBusy as exc:
             return _fail(503, f"busy: {exc}", retry_after=admission.retry_after(processes))
         except PoolClosed as exc:
@@ -183,9 +192,9 @@ def create_app(settings: Settings | None = None, via: str | None = None, timeout
             return _fail(500, out["error"])
         return answer(out["data"])
 
-    async def score_queue(request: Request, data: bytes) -> JSONResponse:
+    async def score_queue(request: Request, data: bytes, min_face: int | None) -> JSONResponse:
         try:
-            state, value = await _unless_gone(request, asyncio.ensure_future(jobs.score(data, timeout_s)))
+            state, value = await _unless_gone(request, asyncio.ensure_future(jobs.score(data, timeout_s, min_face=min_face)))
         except queue.QueueUnavailable as exc:
             return _fail(503, str(exc), retry_after=5)
         except (ServiceUnavailable, TimeoutError) as exc:
@@ -198,7 +207,8 @@ def create_app(settings: Settings | None = None, via: str | None = None, timeout
 
     @app.post("/api/score")
     async def score(request: Request) -> JSONResponse:
-        """Score the image in `{"image": "<base64>"}` (a data URL works too)."""
+        """Score the image in `{"image": "<base64>"}` (a data URL works too); an optional
+        `"min_face"` (pixels, 12-100000) is the narrowest face to look for, as `--min-face`."""
         try:
             mode, slots = await choose()
         except queue.QueueUnavailable as exc:
@@ -209,8 +219,9 @@ def create_app(settings: Settings | None = None, via: str | None = None, timeout
         admission.inflight += 1
         start = time.perf_counter()
         try:
-            text, data = await read_image(request)
-            response = await (score_local(request, text) if mode == "local" else score_queue(request, data))
+            text, data, min_face = await read_image(request)
+            response = await (score_local(request, text, min_face) if mode == "local"
+                              else score_queue(request, data, min_face))
             if response.status_code in (200, 422):
                 admission.took((time.perf_counter() - start) * max(1, slots) / admission.inflight)
             return response

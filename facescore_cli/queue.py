@@ -707,15 +707,16 @@ class QueueClient:
                 pending.extend(e for entries in open_.values() for e in entries)
 
     async def score(self, data: bytes, timeout_s: float, filename: str = "", store: bool = False,
-                    batch_id: str = "api") -> tuple[str, Any]:
+                    batch_id: str = "api", min_face: int | None = None) -> tuple[str, Any]:
         """Enqueue one image (unless the same image is already queued or done) and wait for it:
         ("completed", return value) | ("rejected", reason: a bad image) | ("failed", reason).
+        `min_face`: the narrowest face to look for (None: the settings' FACESCORE_MIN_FACE).
         Raises NoWorker, QueueUnavailable or TimeoutError. Cancel the awaiting task and a job
         nobody else waits for is removed if no worker has taken it."""
         workers = await self.workers()
         if not workers:
             raise NoWorker(f"no live worker on queue {self.queue!r}")
-        min_face = self.settings.min_face
+        min_face = self.settings.min_face if min_face is None else min_face
         jid = job_id(images.sha256(data), model_version(workers, self.settings), min_face)
         spec = job_spec(jid, data, filename, store, batch_id, min_face)
 

@@ -62,6 +62,22 @@ def test_local_real_image_bad_base64_no_body_not_an_image(local_client, portrait
     assert r.status_code == 200 and r.json()["data"]["score"] == data["score"]
 
 
+def test_min_face_per_request(local_client, group_photo):
+    """{"min_face": PX} searches from faces PX wide, as --min-face does; a bad value is a 400 with
+    one line saying why, before any scoring."""
+    image = _b64(group_photo)
+    default = local_client.post("/api/score", json={"image": image}).json()["data"]["faces"]
+    wide = local_client.post("/api/score", json={"image": image, "min_face": 300}).json()["data"]["faces"]
+    assert 1 <= len(wide) < len(default)
+    assert min(f["box"][2] for f in wide) >= 150 > min(f["box"][2] for f in default)  # the narrow ones left out
+    assert local_client.post("/api/score", json={"image": image, "min_face": None}).json()["data"]["faces"] == default
+    for bad, why in ((5, "5 px is under 12 px"), ("wide", "'wide' is not a whole number of pixels"),
+                     (True, "True is not a whole number of pixels"), (10**6, "1000000 px is over 100000 px")):
+        r = local_client.post("/api/score", json={"image": image, "min_face": bad})
+        assert r.status_code == 400 and r.json()["success"] is False, (bad, r.text)
+        assert r.json()["error"].startswith(f'"min_face": {why}'), r.json()["error"]
+
+
 def test_too_big_is_413(redis_server, portrait, tmp_path):
     settings = dataclasses.replace(settings_for(base_env(redis_server.url, tmp_path / "home")),
                                    max_image_bytes=portrait.stat().st_size - 1)
@@ -72,7 +88,7 @@ def test_too_big_is_413(redis_server, portrait, tmp_path):
         assert r.status_code == 413
 
 
-def test_through_the_workers_under_uvicorn(redis_server, portrait, tmp_path):
+def test_through_the_workers_under_uvicorn(redis_server, portrait, group_photo, tmp_path):
     env = base_env(redis_server.url, tmp_path / "home")
     port = free_port()
     api = subprocess.Popen(CLI + ["serve", "api", "--port", str(port), "--via", "queue", "--timeout", "20"],
@@ -96,6 +112,14 @@ def test_through_the_workers_under_uvicorn(redis_server, portrait, tmp_path):
         data = r.json()["data"]
         assert r.json()["success"] is True and w.events("completed")
         assert {"score", "vibe", "rank", "faces"} <= data.keys()
+
+        # the request's min_face travels with its job (another search: another job)
+        image = _b64(group_photo)
+        default = httpx.post(url, json={"image": image}, timeout=30).json()["data"]["faces"]
+        r = httpx.post(url, json={"image": image, "min_face": 300}, timeout=30)
+        assert r.status_code == 200, r.text
+        assert 1 <= len(r.json()["data"]["faces"]) < len(default)
+        assert redis.Redis.from_url(redis_server.url).keys("*-mf300")
 
         r = httpx.post(url, json={"image": base64.b64encode(b"GIF89a but truncated").decode()}, timeout=30)
         assert r.status_code == 422 and r.json()["success"] is False
