@@ -477,6 +477,7 @@ class ScoringPool:
                         return
                     if not proc.is_alive() or (task is not None and not self._send(conn, task)):
                         # died while idle: replace it; the task is not to blame
+                        proc.join(1.0)  # a broken pipe can come a moment before the exit status
                         self._note(slot, proc, f"scoring process {proc.pid} exited with {proc.exitcode} while idle")
                         proc = conn = None
                         if task is not None:
@@ -505,7 +506,9 @@ class ScoringPool:
                         self._note(slot, proc, f"scoring process {proc.pid} {exc} while scoring "
                                                f"{task.display or 'an image'}")
                     proc = conn = None
-                    with self._lock:
+                    with self._lock:  # (reentrant): the files it held go back behind `task`, in order
+                        self._give_back(held)  # sent ahead, not begun: not to blame
+                        held.clear()
                         self._busy.discard(slot)
                         self._running -= 1
                         task.crashes += 1
@@ -518,8 +521,6 @@ class ScoringPool:
                         else:
                             self._waiting.appendleft(task)  # once more, in a fresh process
                             self._lock.notify()
-                    self._give_back(held)  # sent ahead, not begun: not to blame
-                    held.clear()
                     continue
                 task = held.popleft()
                 since = time.monotonic()  # the process has begun on the next it holds
