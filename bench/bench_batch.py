@@ -2,7 +2,7 @@
 
     pip install --no-deps face_recognition && pip install click psutil 'setuptools<81'
     python bench/bench_batch.py [--images N] [--cpus C] [--kind portraits|groups|both] [--repeat R]
-                                [--min-face PX]
+                                [--min-face PX] [--cold]
 
 The anchor is ageitgey's `face_recognition` CLI (dlib HOG detection + dlib ResNet embedding),
 run with --cpus equal to the cores. Both tools get the same folder; we time whole commands
@@ -12,7 +12,8 @@ measured in this process on one core; `embed` includes the mirror pass, as `embe
 Portraits are OMI faces (1024x1024 JPEG, one face each); group photos are 1600x1200 collages
 of OMI faces 40-400 px wide made here with a fixed seed. `--min-face PX` runs facescore with that
 setting (the anchor has none: it looks for faces of ~40 px and up either way), to see what the
-option buys; the targets are measured without it.
+option buys; the targets are measured without it. facescore's model cache ($FACESCORE_HOME/cache)
+is filled before each round, as after a machine's first run; `--cold` leaves it empty.
 """
 from __future__ import annotations
 
@@ -117,7 +118,8 @@ def anchor_faces_found(out: str, folder: Path) -> int:
     return sum(1 for line in out.splitlines() if line.startswith(f"{folder}{os.sep}") and "," in line)
 
 
-def bench(folder: Path, count: int, cpus: int, label: str, repeat: int = 3, min_face: int | None = None) -> dict:
+def bench(folder: Path, count: int, cpus: int, label: str, repeat: int = 3, min_face: int | None = None,
+          cold: bool = False) -> dict:
     """Both tools `repeat` times, alternated (anchor, facescore, anchor, ...); the best time of
     each, and the spread of the ratio over the rounds."""
     known = folder.parent / f"{folder.name}-known"
@@ -137,9 +139,10 @@ def bench(folder: Path, count: int, cpus: int, label: str, repeat: int = 3, min_
                      "fix: pip install 'setuptools<81' (face_recognition_models imports pkg_resources)")
         out_csv = folder.parent / f"{folder.name}-{i}.csv"
         # default settings (the face store included), in a fresh FACESCORE_HOME so runs compare;
-        # its model cache filled beforehand, as after the first run on a machine
+        # its model cache filled beforehand, as after the first run on a machine (--cold: empty)
         home = folder.parent / f"{folder.name}-home{i}"
-        warm_model_cache(home)
+        if not cold:
+            warm_model_cache(home)
         env = {**os.environ, "FACESCORE_HOME": str(home)}
         extra = ["--min-face", str(min_face)] if min_face else []
         f_sec, f_mem, _, f_code, f_err, f_cpu = run([facescore, "batch", str(folder), "--out", str(out_csv), "--jobs", str(cpus),
@@ -164,11 +167,16 @@ def bench(folder: Path, count: int, cpus: int, label: str, repeat: int = 3, min_
 def warm_model_cache(home: Path) -> None:
     """Build what facescore keeps in $FACESCORE_HOME/cache once per machine, as its first session
     does: the ResNet's plain and onnxruntime-optimized models and the 5-point landmark model's
-    arrays (without these, each scoring process read dlib's .dat: ~0.1 s of a round). By the
-    product's own loader, so the benchmark fills whatever the product caches."""
-    from facescore_cli.scoring import LocalBackend
-
-    LocalBackend(home / "cache").warm_up()
+    arrays (without these, each scoring process builds them from dlib's .dat). By the product's
+    own loader, so the benchmark fills whatever the product caches; in a fresh interpreter each
+    time, because the loader keeps one model per process and looks at `cache_dir` only on first
+    use: called in this process, every round after the first ran with an empty cache (20 group
+    photos 0.3-0.4 s slower, which every `--kind both` group round until 2026-12-03 measured)."""
+    code = "import sys; from pathlib import Path; from facescore_cli.scoring import LocalBackend; " \
+           "LocalBackend(Path(sys.argv[1])).warm_up()"
+    subprocess.run([sys.executable, "-c", code, str(home / "cache")], check=True)
+    if not any((home / "cache").glob("dlib-resnet-*-ort-*")):
+        sys.exit(f"the model cache in {home} was not filled")
 
 
 def accuracy(rows: list[dict], truth: dict[str, list[tuple[int, int, int]]]) -> tuple[float, float]:
@@ -239,6 +247,8 @@ def main() -> None:
     ap.add_argument("--kind", choices=["portraits", "groups", "both"], default="portraits")
     ap.add_argument("--repeat", type=int, default=3, help="rounds of both tools, alternated; the best of each counts")
     ap.add_argument("--min-face", type=int, default=None, help="facescore's --min-face (default: its own, 40 px)")
+    ap.add_argument("--cold", action="store_true", help="facescore's model cache empty in every round, as on a "
+                    "machine's first run (default: filled beforehand, as on every later run)")
     args = ap.parse_args()
     if not OMI.is_dir():
         sys.exit(f"the OMI images are not at {OMI}")
@@ -248,7 +258,7 @@ def main() -> None:
             d = Path(tmp) / "portraits"
             d.mkdir()
             portraits(d, args.images)
-            r = bench(d, args.images, args.cpus, "portraits 1024x1024", args.repeat, args.min_face)
+            r = bench(d, args.images, args.cpus, "portraits 1024x1024", args.repeat, args.min_face, args.cold)
             r["stages"] = stage_times(d, min_face=args.min_face)
             r["accuracy"] = f"r with human ratings {ratings_r(r['rows']):.3f} (training faces: a check that the pipeline is intact)"
             rows.append(r)
@@ -256,7 +266,7 @@ def main() -> None:
             d = Path(tmp) / "groups"
             d.mkdir()
             truth = groups(d, max(args.images // 5, 4))
-            r = bench(d, max(args.images // 5, 4), args.cpus, "groups 1600x1200", args.repeat, args.min_face)
+            r = bench(d, max(args.images // 5, 4), args.cpus, "groups 1600x1200", args.repeat, args.min_face, args.cold)
             r["truth_faces"] = sum(len(v) for v in truth.values())
             r["stages"] = stage_times(d, min_face=args.min_face)
             recall, precision = accuracy(r["rows"], truth)
@@ -264,6 +274,8 @@ def main() -> None:
             rows.append(r)
     if args.min_face:
         print(f"facescore ran with --min-face {args.min_face} (the anchor has no such setting)")
+    if args.cold:
+        print("facescore ran with an empty model cache in every round (a machine's first run)")
     print(f"cpus={args.cpus}; best of {args.repeat} alternated rounds per tool; spread = the lowest and highest "
           "ratio of a single round")
     print(f"{'set':22} {'images':>6} {'anchor img/s':>12} {'facescore img/s':>15} {'ratio':>6} {'spread':>13} "
