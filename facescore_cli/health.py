@@ -260,8 +260,9 @@ def check_qdrant(settings: Settings) -> Check:
     try:  # holds the lock for the time it takes to open the shards (~0.3 s at 100k faces)
         with FaceStore.open(settings, migrate=False) as store:
             faces, versions = store.count(), len(store.collections())
-    except StoreLocked:  # open_at tries the lock first, before reading any shard
-        return Check("Qdrant", LOCKED, f"the embedded store at {folder} is open in another process (a worker?); "
+    except StoreLocked as exc:  # open_at tries the lock first, before reading any shard
+        who = f" ({exc.holder})" if exc.holder else " (a worker?)"
+        return Check("Qdrant", LOCKED, f"the embedded store at {folder} is open in another process{who}; "
                      "only one process can use it — stop that one, or run a Qdrant server and set QDRANT_URL",
                      _since(start))
     except StoreUnavailable as exc:

@@ -22,9 +22,12 @@ flush) and keeps the log, which every open replays, short.
 from __future__ import annotations
 
 import errno
+import json
 import logging
+import os
 import re
 import shutil
+import sys
 import time
 import uuid
 import warnings
@@ -48,6 +51,14 @@ STORE_DIR = "store"  # under FACESCORE_HOME
 LEGACY_DIR = "qdrant"  # where facescore kept qdrant-client's local mode before the embedded engine
 MIGRATED_SUFFIX = ".migrated"
 LOCK_FILE = ".lock"
+# A process that finds the embedded store held waits up to LOCK_WAIT_S for it: the commands that
+# hold it briefly (`health`, `similar`, `forget`, another `score`: 0.05-1 s at 100k faces, most
+# of it opening the shard) would otherwise make a `score` or `batch` started beside them skip
+# storing. It does not wait for a holder that has held the store LONG_HOLD_S already (a worker,
+# `serve api`, a long batch: waiting would only delay the warning), nor for its own process.
+LOCK_WAIT_S = 3.0
+LONG_HOLD_S = 10.0
+LOCK_POLL_S = 0.05
 SHARD_CONFIG = "edge_config.json"  # the engine writes it when it creates a shard
 # A flush is fsyncs, 0.1-0.3 s here whatever the size: every 1000 faces, 0.1-0.3 ms a face.
 FLUSH_EVERY = 1000
@@ -63,7 +74,11 @@ class StoreUnavailable(FaceScoreError):
 
 
 class StoreLocked(StoreUnavailable):
-    """The embedded store is held by another process."""
+    """The embedded store is held by another process; `holder` says which, when it wrote it down."""
+
+    def __init__(self, message: str, holder: str | None = None) -> None:
+        super().__init__(message)
+        self.holder = holder
 
 
 @dataclass(frozen=True)
@@ -174,11 +189,75 @@ def legacy_path(settings: Settings) -> Path:
     return settings.home / LEGACY_DIR
 
 
-def _locked(where: str) -> StoreLocked:
+def _locked(where: str, holder: "LockHolder | None" = None) -> StoreLocked:
+    who = f" ({holder.describe()})" if holder else ""
     return StoreLocked(
-        f"the face store in {where} is in use by another facescore process (the embedded store "
+        f"the face store in {where} is in use by another facescore process{who} (the embedded store "
         f"allows one process at a time). Wait for it to finish, or run a Qdrant server and set "
-        f"QDRANT_URL (e.g. QDRANT_URL=http://localhost:6333) so that many processes can share it")
+        f"QDRANT_URL (e.g. QDRANT_URL=http://localhost:6333) so that many processes can share it",
+        holder.describe() if holder else None)
+
+
+class LockHolder(NamedTuple):
+    """Who holds the embedded store, as the holder wrote it into the lock file when it took it."""
+
+    pid: int
+    command: str
+    since: float  # time.time() when it took the lock
+
+    def describe(self) -> str:
+        when = datetime.fromtimestamp(self.since, timezone.utc).strftime("%H:%M:%S UTC")
+        return f"pid {self.pid}, `{self.command}`, since {when}"
+
+    @classmethod
+    def read(cls, lock: IO[bytes]) -> "LockHolder | None":
+        """The record in an open lock file; None when there is none or it cannot be read (a holder
+        that has not written it yet, or a facescore from before the record)."""
+        try:
+            lock.seek(0)
+            data = json.loads(lock.read(4096).decode("utf-8") or "null")
+            return cls(int(data["pid"]), str(data["command"]), float(data["since"]))
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+
+    @classmethod
+    def write(cls, lock: IO[bytes]) -> None:
+        """Record this process as the holder (the lock is held: nobody else writes the file)."""
+        program = os.path.basename(sys.argv[0] or "python")
+        if program == "__main__.py":  # python -m facescore_cli
+            program = os.path.basename(os.path.dirname(sys.argv[0])).replace("facescore_cli", "facescore")
+        argv = [program] + [a for a in sys.argv[1:2] if not a.startswith("-")]
+        record = {"pid": os.getpid(), "command": " ".join(argv), "since": time.time()}
+        try:
+            lock.seek(0)
+            lock.truncate()
+            lock.write(json.dumps(record).encode() + b"\n")
+            lock.flush()
+        except OSError:  # the record is a courtesy to waiters; the flock is what counts
+            log.debug("could not write the lock record", exc_info=True)
+
+
+def _take_lock(lock: IO[bytes], where: str, wait_s: float | None = None) -> None:
+    """flock `lock` exclusively, waiting up to `wait_s` (None: LOCK_WAIT_S) while its holder looks
+    short-lived (see LOCK_WAIT_S); StoreLocked naming the holder when it stays held,
+    StoreUnavailable when the file cannot be locked at all."""
+    import fcntl
+
+    deadline = time.monotonic() + (LOCK_WAIT_S if wait_s is None else wait_s)
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise StoreUnavailable(f"cannot lock the face store in {where}: {_one_line(exc)}") from None
+        else:
+            LockHolder.write(lock)
+            return
+        holder = LockHolder.read(lock)
+        hopeless = holder is not None and (holder.pid == os.getpid() or time.time() - holder.since > LONG_HOLD_S)
+        if hopeless or time.monotonic() + LOCK_POLL_S > deadline:
+            raise _locked(where, holder)
+        time.sleep(LOCK_POLL_S)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -292,22 +371,19 @@ class EmbeddedStore(FaceStore):
         self._flushed_at = time.monotonic()
 
     @classmethod
-    def open_at(cls, root: Path, legacy: Path | None = None) -> "EmbeddedStore":
-        """Open (or create) the store in `root`, holding its lock; carry `legacy` over first, if given."""
-        import fcntl
-
+    def open_at(cls, root: Path, legacy: Path | None = None, wait_s: float | None = None) -> "EmbeddedStore":
+        """Open (or create) the store in `root`, holding its lock (waiting for it as `_take_lock`
+        does); carry `legacy` over first, if given."""
         try:
             root.mkdir(parents=True, exist_ok=True)
             lock = (root / LOCK_FILE).open("a+b")
         except OSError as exc:
             raise StoreUnavailable(f"cannot open the face store in {root}: {_one_line(exc)}") from None
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
+            _take_lock(lock, str(root), wait_s)
+        except BaseException:
             lock.close()
-            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise _locked(str(root)) from None
-            raise StoreUnavailable(f"cannot lock the face store in {root}: {_one_line(exc)}") from None
+            raise
         for left in root.glob(".deleting-*"):  # from a `forget_all` killed between rename and delete
             shutil.rmtree(left, ignore_errors=True)
         store = cls(root, lock)

@@ -382,6 +382,81 @@ def test_a_second_process_gets_a_clear_message_and_still_scores(clean_env: Path,
     assert stored() == 0  # the locked-out run stored nothing, and said so
 
 
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from facescore_cli.config import Settings
+    from facescore_cli.store import FaceStore
+
+    with FaceStore.open(Settings.load()):
+        print("held", flush=True)
+        time.sleep(float(sys.argv[1]))
+    print("released", flush=True)
+""")
+
+
+def hold_store(tmp_path: Path, seconds: float) -> subprocess.Popen:
+    """Another process (holder.py) holding the embedded store of FACESCORE_HOME for `seconds`,
+    as `health`, `similar` or `forget` do briefly and a worker does for its life."""
+    script = tmp_path / "holder.py"
+    script.write_text(HOLDER)
+    proc = subprocess.Popen([sys.executable, str(script), str(seconds)], stdout=subprocess.PIPE, text=True,
+                            preexec_fn=dies_with_pytest())
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_short_holder_is_waited_for(clean_env: Path, portrait: Path) -> None:
+    """`score` started while another command holds the store briefly (here 2 s) waits for it and
+    stores, instead of skipping the store with a warning; so does the library's open."""
+    holder = hold_store(clean_env.parent, 2.0)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "facescore_cli", "score", str(portrait), "--json"],
+                              capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "300"})
+        assert proc.returncode == 0, proc.stderr
+        assert "warning" not in proc.stderr, proc.stderr
+        assert json.loads(proc.stdout)[0]["faces"][0]["score"] is not None
+        assert holder.wait(30) == 0 and holder.stdout.read().strip() == "released"
+    finally:
+        holder.kill()
+    assert stored() == 1  # the face went in (alone there, it has no store_rank)
+
+    holder = hold_store(clean_env.parent, 0.5)
+    try:
+        with FaceStore.open(Settings.load()) as store:  # waited: the holder let go first
+            assert holder.wait(30) == 0 and holder.stdout.read().strip() == "released"
+            assert store.count() == 1
+    finally:
+        holder.kill()
+
+
+def test_a_long_holder_is_named_at_once(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A holder that has kept the store past LONG_HOLD_S (a worker, a server) is not waited
+    for; the error and `health` name its pid and command."""
+    import facescore_cli.store as store_module
+
+    monkeypatch.setattr(store_module, "LONG_HOLD_S", 0.2)
+    monkeypatch.setattr(store_module, "LOCK_WAIT_S", 60.0)
+    holder = hold_store(clean_env.parent, 120.0)
+    try:
+        import time
+
+        time.sleep(0.3)
+        start = time.monotonic()
+        with pytest.raises(StoreLocked) as caught:
+            FaceStore.open(Settings.load())
+        assert time.monotonic() - start < 10  # not the 60 s it would wait for a short holder
+        message = str(caught.value)
+        assert f"pid {holder.pid}, `holder.py 120.0`" in message and "QDRANT_URL" in message
+        assert caught.value.holder and f"pid {holder.pid}" in caught.value.holder
+        row = check_qdrant(Settings.load())
+        assert row.status == "locked" and f"pid {holder.pid}" in row.detail
+    finally:
+        holder.kill()
+        holder.wait(10)
+    with FaceStore.open(Settings.load()) as store:  # a killed holder's lock goes with it
+        assert store.count() == 0
+
+
 def test_an_unreachable_qdrant_server_does_not_stop_scoring(clean_env: Path, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     url = f"http://127.0.0.1:{free_port()}"
