@@ -5,7 +5,10 @@ FACESCORE_MIN_FACE) is the narrowest face to look for. Answers `{"success": true
 with the same `data` object as the job's return value (CONTRACT.md), or `{"success": false,
 "error": "..."}` with a status that says whose fault it is: 400 no body / malformed JSON / bad
 base64 / bad min_face, 413 too big, 422 not an image or no face, 503 busy, no
-worker or timed out (with Retry-After), 500 scoring failed. Scores in a local `ScoringPool` with
+worker or no answer within the API's wait (with Retry-After), 504 the image itself took longer
+than the scoring time limit (FACESCORE_IMAGE_TIMEOUT; its process was killed, and a retry would
+hang again), 500 scoring failed or crashed twice on it. The local pool and the queue's workers
+answer the same image with the same status. Scores in a local `ScoringPool` with
 `via="local"`, through the queue's workers with `via="queue"`; `auto` decides per request from the
 workers' heartbeats.
 
@@ -32,7 +35,7 @@ from . import __version__, jsonbody, pipeline, queue, web
 from .config import Settings, parse_min_face
 from .errors import ServiceUnavailable
 from .health import redact
-from .pool import PoolBusy, PoolClosed, ScoringPool
+from .pool import CRASHED, PoolBusy, PoolClosed, ScoringPool, is_too_long
 from .result import NO_FACE, ImageResult
 
 # Longer than a worker's lock (30 s) plus BullMQ's stalled-job check (30 s) plus scoring: the job
@@ -188,6 +191,8 @@ def create_app(settings: Settings | None = None, via: str | None = None, timeout
             return _fail(503, f"shutting down: {exc}", retry_after=5)
         if out["kind"] == "image":
             return _fail(422, out["error"])
+        if out["kind"] == "timeout":
+            return _fail(504, out["error"])
         if out["kind"] in ("failed", "crashed"):
             return _fail(500, out["error"])
         return answer(out["data"])
@@ -201,8 +206,10 @@ def create_app(settings: Settings | None = None, via: str | None = None, timeout
             return _fail(503, str(exc), retry_after=admission.retry_after(1))
         if state == "completed":
             return answer(value if isinstance(value, dict) else {})
-        if state == "rejected":
-            return _fail(422, str(value))
+        if state == "rejected":  # the worker said no attempt can help: the image's fault, or it hung or crashed one
+            if is_too_long(value):
+                return _fail(504, str(value))
+            return _fail(500 if value == CRASHED else 422, str(value))
         return _fail(500, str(value))
 
     @app.post("/api/score")

@@ -32,6 +32,7 @@ import binascii
 import collections
 import multiprocessing
 import os
+import re
 import signal
 import sys
 import threading
@@ -67,6 +68,12 @@ HOLD = 2
 def too_long(limit_s: float) -> str:
     """The error of an image that was still scoring when its time limit ran out."""
     return f"scoring took longer than {limit_s:g} s"
+
+
+def is_too_long(error: object) -> bool:
+    """Whether `error` is `too_long`'s: how a job's failure reason, which BullMQ keeps as text
+    only, tells a timed-out image from the others."""
+    return isinstance(error, str) and re.fullmatch(r"scoring took longer than [0-9.e+-]+ s", error) is not None
 
 
 class PoolBusy(ServiceUnavailable):
@@ -214,12 +221,12 @@ class _Task:
             self.started = self.future.set_running_or_notify_cancel()
         return self.started
 
-    def lost(self, error: str) -> Any:
-        """The result of an image whose process was lost on it for good (crashed twice, or killed
-        past the time limit): an error row, or kind "crashed" (no retry can help)."""
+    def lost(self, error: str, kind: str = "crashed") -> Any:
+        """The result of an image whose process was lost on it for good: an error row, or `kind`
+        "crashed" (twice) or "timeout" (killed past the time limit); no retry can help either."""
         if self.kind == "file":
             return ImageResult(path=self.display, error=error)
-        return {"kind": "crashed", "error": error}
+        return {"kind": kind, "error": error}
 
 
 class _Gone(Exception):
@@ -335,8 +342,9 @@ class ScoringPool:
 
     def submit_encoded(self, image_b64: str, filename: str = "", min_face: int | None = None) -> "Future[dict[str, Any]]":
         """Score a base64 image: {"kind": "ok", "data": ImageResult.to_data() + "embeddings"} or
-        {"kind": "image" | "failed" | "crashed", "error": ...}; "crashed": processes were lost on
-        this image (two crashes, or killed past the time limit), so retrying it elsewhere would not help.
+        {"kind": "image" | "failed" | "crashed" | "timeout", "error": ...}; "crashed": two processes
+        were lost on this image, "timeout": one was killed past the time limit on it (`too_long`);
+        retrying either elsewhere would not help.
         `min_face`: the narrowest face to look for (None: the pool's settings, FACESCORE_MIN_FACE)."""
         return self._submit(_Task("encoded", (image_b64, filename, min_face), filename))
 
@@ -515,7 +523,7 @@ class ScoringPool:
                         if self._closing:  # not the image's fault: the owner may hand it to another
                             task.future.set_exception(PoolClosed("the scoring pool was closed while scoring"))
                         elif isinstance(exc, _TooLong):  # not retried: a deterministic hang hangs again
-                            task.future.set_result(task.lost(too_long(self.image_timeout_s)))
+                            task.future.set_result(task.lost(too_long(self.image_timeout_s), "timeout"))
                         elif task.crashes >= 2:
                             task.future.set_result(task.lost(CRASHED))
                         else:

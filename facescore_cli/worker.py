@@ -156,7 +156,7 @@ class FaceWorker:
                 out = await asyncio.wrap_future(self._pool.submit_encoded(image, filename, min_face))
             except PoolClosed:
                 raise TransientError("the worker stopped while scoring this job") from None
-            if out["kind"] in ("image", "crashed"):  # crashed twice: a third process would too
+            if out["kind"] in ("image", "crashed", "timeout"):  # crashed twice, or hung: a third try would too
                 raise UnrecoverableError(out["error"])
             if out["kind"] == "failed":
                 raise TransientError(out["error"])

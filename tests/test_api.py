@@ -201,6 +201,42 @@ class Api:
                 self.proc.wait(5)
 
 
+def test_an_image_past_the_time_limit_is_504_local_and_queue(redis_server, portrait, tmp_path):
+    """A scoring process that does not answer within FACESCORE_IMAGE_TIMEOUT (stopped here with
+    SIGSTOP, as a native loop would hang it) is killed, and the request gets 504 saying so (no
+    Retry-After: the same image would hang again), the same through the local pool and through a
+    worker; the API scores on."""
+    env = base_env(redis_server.url, tmp_path / "home", FACESCORE_IMAGE_TIMEOUT="3s")
+    image = _b64(portrait)
+    timed_out = {"success": False, "error": "scoring took longer than 3 s"}
+    with Api(env, "--via", "local", "--jobs", "1") as api:
+        [pid] = api.wait_ready()["local"]["pids"]
+        os.kill(pid, signal.SIGSTOP)
+        r = httpx.post(api.url + "/api/score", json={"image": image}, timeout=60)
+        assert (r.status_code, r.json()) == (504, timed_out) and "retry-after" not in r.headers
+        wait_until(lambda: not alive(pid), 10, "the stopped process killed")
+        assert api.wait_ready()["local"]["restarts"] == 1
+        r = httpx.post(api.url + "/api/score", json={"image": image}, timeout=60)
+        assert r.status_code == 200 and r.json()["success"] is True
+
+    w = WorkerProc(env, tmp_path / "w.log")
+    api = Api(env, "--via", "queue", "--timeout", "60")
+    try:
+        w.wait_started()
+        wait_live(env)
+        wait_until(lambda: scoring_children(w.proc.pid), 60, "the worker's scoring process")
+        [pid] = scoring_children(w.proc.pid)
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(1.1)  # the app caches the worker list for a second
+        r = httpx.post(api.url + "/api/score", json={"image": image}, timeout=60)
+        assert (r.status_code, r.json()) == (504, timed_out) and "retry-after" not in r.headers
+        assert w.events("failed")[0]["error"] == timed_out["error"]
+        wait_until(lambda: not alive(pid), 10, "the stopped process killed")
+    finally:
+        api.stop()
+        w.stop()
+
+
 @pytest.fixture()
 def big_b64(portrait, tmp_path) -> str:
     """A real photo large enough to keep one scoring process busy for a while."""

@@ -21,7 +21,7 @@ import pytest
 from conftest import dies_with_pytest
 from facescore_cli.config import Settings
 from facescore_cli.errors import ConfigError
-from facescore_cli.pool import CRASHED, PoolBusy, PoolClosed, ScoringPool, too_long
+from facescore_cli.pool import CRASHED, PoolBusy, PoolClosed, ScoringPool, is_too_long, too_long
 from facescore_cli.scoring import Scorer
 from queue_support import (CLI, alive, base_env, big_photo, children, kill9_and_check_gone, run_cli, scoring_children,
                            settings_for, small_faces, wait_until)
@@ -256,6 +256,9 @@ def test_a_hung_process_is_killed_after_the_time_limit_and_its_image_not_retried
         hung = _stop_while_scoring(pool)
         others = [pool.submit_file(p, p.name) for p in faces[:6]]
         assert victim.result(LIMIT_S + 60).error == too_long(LIMIT_S) == "scoring took longer than 5 s"
+        assert is_too_long(too_long(LIMIT_S)) and is_too_long(too_long(0.25)) and is_too_long(too_long(1e6))
+        assert not is_too_long("scoring took longer than usual") and not is_too_long(CRASHED)
+        assert not is_too_long(None)
         assert all(f.result(120).faces for f in others)  # the other process scored on meanwhile
         wait_until(lambda: not alive(hung), 5, f"the hung process {hung} killed")
         assert pool.wait_ready(120) and len(pool.pids()) == 2 and hung not in pool.pids()
@@ -265,10 +268,10 @@ def test_a_hung_process_is_killed_after_the_time_limit_and_its_image_not_retried
         # Not retried: only the six others were ever scored, and nothing is left waiting or running.
         assert (status.scored, status.waiting, status.running) == (6, 0, 0)
 
-        # The worker's and the API's kind of image: "crashed" (final, no retry), with the reason.
+        # The worker's and the API's kind of image: "timeout" (final, no retry), with the reason.
         victim = pool.submit_encoded(base64.b64encode(big.read_bytes()).decode(), "hung-too.jpg")
         _stop_while_scoring(pool)
-        assert victim.result(LIMIT_S + 60) == {"kind": "crashed", "error": "scoring took longer than 5 s"}
+        assert victim.result(LIMIT_S + 60) == {"kind": "timeout", "error": "scoring took longer than 5 s"}
         assert pool.submit_file(faces[0], "after").result(120).faces
         assert pool.status().restarts == 2
 
