@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,22 +66,44 @@ def sha256(data: bytes) -> str:
 
 
 def read_file(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
-    """Read a file with the size cap applied before reading it whole."""
+    """Read a file with the size cap applied: checked before a regular file is read, and while
+    anything else is read (a pipe such as bash's `<(...)`, a FIFO, a device such as /dev/zero),
+    which has no size to check first and could be endless. Opened without blocking, so a FIFO
+    that nobody writes to (one named *.jpg in a folder, say) is an empty file at once, not a
+    scoring process stuck until its time limit."""
     try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise ImageError(f"file is {_mb(size)}, over the {_mb(max_bytes)} cap")
-        return path.read_bytes()
-    except ImageError:
-        raise
-    except IsADirectoryError:
-        raise ImageError("is a directory, not an image file") from None
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise ImageError("file not found") from None
     except PermissionError:
         raise ImageError("permission denied") from None
     except OSError as exc:
         raise ImageError(f"cannot read file: {exc.strerror or exc}") from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise ImageError("is a directory, not an image file")
+        if stat.S_ISREG(info.st_mode) and info.st_size > max_bytes:
+            raise ImageError(f"file is {_mb(info.st_size)}, over the {_mb(max_bytes)} cap")
+        os.set_blocking(fd, True)  # a pipe with a writer: wait for its bytes
+        chunks: list[bytes] = []
+        left = max_bytes + 1
+        step = info.st_size + 1 if stat.S_ISREG(info.st_mode) else 1 << 20  # a regular file in one read
+        while left > 0:
+            chunk = os.read(fd, min(left, step))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        if left <= 0:  # not a regular file, or one that grew while read
+            raise ImageError(f"file is over the {_mb(max_bytes)} cap (read until there)")
+        if not chunks and stat.S_ISFIFO(info.st_mode):
+            raise ImageError("a named pipe (FIFO) with nothing written to it")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise ImageError(f"cannot read file: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
 
 
 def decode(

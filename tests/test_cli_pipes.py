@@ -105,6 +105,15 @@ def test_score_takes_folders_and_prints_plain_lines_in_a_pipe(clean_env: Path, t
     assert len(lines) == 4 and str(long) in res.stdout  # one line per face, nothing folded
 
 
+def test_a_fifo_in_a_folder_is_an_error_row_not_a_hang(clean_env: Path, two_faces: Path) -> None:
+    """A named pipe called *.jpg in a folder held a scoring process until its 60 s time limit."""
+    os.mkfifo(two_faces / "pipe.jpg")
+    res = invoke("batch", str(two_faces), "--out", "-", "--csv", "--via", "local", "--no-store", "--jobs", "2")
+    rows = {Path(r["path"]).name: r for r in csv.DictReader(io.StringIO(res.stdout))}
+    assert rows["pipe.jpg"]["error"] == "a named pipe (FIFO) with nothing written to it"
+    assert sum(1 for r in rows.values() if r["score"]) == 2, res.stdout
+
+
 def test_score_csv_is_the_batch_schema(clean_env: Path, portrait: Path) -> None:
     res = invoke("score", str(portrait), "--csv", "--via", "local", "--no-store")
     assert res.exit_code == 0

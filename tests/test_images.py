@@ -2,6 +2,12 @@
 from __future__ import annotations
 
 import io
+import os
+import resource
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -198,3 +204,61 @@ def test_read_file_errors(tmp_path: Path) -> None:
     big.write_bytes(b"\xff" * 2048)
     with pytest.raises(ImageError, match="over the"):
         images.read_file(big, max_bytes=1024)
+
+
+def _in_thread(call, timeout_s: float = 20.0):
+    """call() in a daemon thread: its result or exception, or AssertionError if it blocks."""
+    out: list = []
+
+    def run() -> None:
+        try:
+            out.append(("ok", call()))
+        except BaseException as exc:  # noqa: BLE001 (handed back to the test)
+            out.append(("raised", exc))
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout_s)
+    assert out, f"still blocked after {timeout_s} s"
+    return out[0]
+
+
+def test_pipes_and_devices_are_read_up_to_the_cap_and_never_block(tmp_path: Path, portrait: Path) -> None:
+    """Not regular files: no size to check first. /dev/zero is endless (it ran the process out
+    of memory), a FIFO nobody writes to blocked its reader for ever (a *.jpg FIFO in a folder held
+    a scoring process until its time limit); a pipe with a writer (bash's <(...)) is read whole."""
+    # In a process of its own under a memory limit: the old reader would take all there is.
+    probe = ("from pathlib import Path; from facescore_cli import images\n"
+             "try:\n    images.read_file(Path('/dev/zero'), max_bytes=3 * 1024 * 1024)\n"
+             "except images.ImageError as exc:\n    print(exc)")
+    limit = lambda: resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))  # noqa: E731
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, preexec_fn=limit)
+    assert proc.stdout.strip() == "file is over the 3.0 MB cap (read until there)", proc.stderr[-300:]
+    kind, data = _in_thread(lambda: images.read_file(Path("/dev/null")))
+    assert (kind, data) == ("ok", b"")  # decode() says "empty file"
+
+    fifo = tmp_path / "fifo.jpg"
+    os.mkfifo(fifo)
+    kind, exc = _in_thread(lambda: images.read_file(fifo))
+    assert kind == "raised" and str(exc) == "a named pipe (FIFO) with nothing written to it"
+
+    photo = portrait.read_bytes()
+    r, w = os.pipe()
+    writer = threading.Thread(target=lambda: (time.sleep(0.3), os.write(w, photo[:1000]), time.sleep(0.3),
+                                              os.write(w, photo[1000:]), os.close(w)), daemon=True)
+    writer.start()
+    try:  # /proc/self/fd/N: the pipe's read end, as bash hands <(...) over; its bytes come late
+        kind, data = _in_thread(lambda: images.read_file(Path(f"/proc/self/fd/{r}")))
+    finally:
+        writer.join(10)
+        os.close(r)
+    assert kind == "ok" and data == photo
+    r, w = os.pipe()
+    writer = threading.Thread(target=lambda: (os.write(w, photo), os.close(w)), daemon=True)
+    writer.start()
+    try:
+        kind, exc = _in_thread(lambda: images.read_file(Path(f"/proc/self/fd/{r}"), max_bytes=len(photo) - 1))
+    finally:
+        writer.join(10)
+        os.close(r)
+    assert kind == "raised" and "over the" in str(exc)
