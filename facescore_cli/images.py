@@ -95,6 +95,7 @@ def read_file(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
                 break
             chunks.append(chunk)
             left -= len(chunk)
+            step = 1 << 20  # a regular file: the next read only sees its end (or what was appended)
         if left <= 0:  # not a regular file, or one that grew while read
             raise ImageError(f"file is over the {_mb(max_bytes)} cap (read until there)")
         if not chunks and stat.S_ISFIFO(info.st_mode):
