@@ -7,6 +7,7 @@ models are imported inside the commands that need them.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shlex
 import signal
@@ -36,6 +37,10 @@ if TYPE_CHECKING:
 
 _QUIET = {"-q", "--quiet"}
 _VERBOSE = {"-v", "--verbose", "-vv"}
+# Errors the machine gives a write, not bugs: a full disk, a quota, a file-size limit, a failing
+# or read-only device. They end a command with one line, not a traceback (a broken pipe, `| head`,
+# is click's: exit 1 in silence).
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS}
 
 
 class FaceScoreGroup(TyperGroup):
@@ -83,6 +88,16 @@ class FaceScoreGroup(TyperGroup):
             sys.exit(exc.exit_code)
         except typer.Abort:
             sys.stderr.write("aborted\n")
+            sys.exit(1)
+        except OSError as exc:
+            if exc.errno not in _ENVIRONMENT_ERRNOS:
+                raise
+            where = f": {exc.filename}" if exc.filename else ""
+            try:  # stderr may be on the same full disk
+                sys.stderr.write(f"error: {exc.strerror or exc}{where}\n")
+                sys.stderr.flush()
+            except OSError:
+                pass
             sys.exit(1)
         sys.exit(rv if isinstance(rv, int) else 0)
 

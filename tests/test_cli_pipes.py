@@ -114,6 +114,18 @@ def test_a_fifo_in_a_folder_is_an_error_row_not_a_hang(clean_env: Path, two_face
     assert sum(1 for r in rows.values() if r["score"]) == 2, res.stdout
 
 
+@pytest.mark.parametrize("argv", [["score", "{portrait}"], ["batch", "{portrait}", "--out", "-", "--csv"]],
+                         ids=["score", "batch"])
+def test_a_full_disk_is_one_line_and_exit_1(clean_env: Path, portrait: Path, argv: list[str]) -> None:
+    """Output on a full disk (/dev/full: every write fails with ENOSPC) was a traceback."""
+    cmd = [sys.executable, "-m", "facescore_cli", *[a.format(portrait=portrait) for a in argv], "--no-store"]
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(cmd, stdout=full, stderr=subprocess.PIPE, text=True, timeout=120,
+                              env={**os.environ, "FACESCORE_VIA": "local"})
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[-1] == "error: No space left on device" and "Traceback" not in proc.stderr
+
+
 def test_score_csv_is_the_batch_schema(clean_env: Path, portrait: Path) -> None:
     res = invoke("score", str(portrait), "--csv", "--via", "local", "--no-store")
     assert res.exit_code == 0
