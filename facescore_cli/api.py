@@ -4,7 +4,8 @@ An optional `"min_face"` in the body (pixels, 12-100000, as `--min-face`; defaul
 FACESCORE_MIN_FACE) is the narrowest face to look for. Answers `{"success": true, "data": {...}}`
 with the same `data` object as the job's return value (CONTRACT.md), or `{"success": false,
 "error": "..."}` with a status that says whose fault it is: 400 no body / malformed JSON / bad
-base64 / bad min_face, 413 too big, 422 not an image or no face, 503 busy, no
+base64 / bad min_face, 408 the body took longer than FACESCORE_API_BODY_TIMEOUT to arrive, 413
+too big, 422 not an image or no face, 503 busy, no
 worker or no answer within the API's wait (with Retry-After), 504 the image itself took longer
 than the scoring time limit (FACESCORE_IMAGE_TIMEOUT; its process was killed, and a retry would
 hang again), 500 scoring failed or crashed twice on it. The local pool and the queue's workers
@@ -14,8 +15,11 @@ workers' heartbeats.
 
 Under load it stays honest rather than slow: a request is admitted only while fewer than
 `slots + max_waiting` are in flight (slots: the local processes, or the live workers'
-concurrency), otherwise it gets 503 with Retry-After before its body is read. A client that goes
-away stops costing anything: its image is taken out of the pool's (or the queue's) waiting line.
+concurrency), otherwise it gets 503 with Retry-After before its body is read. A body still
+arriving holds no place (a client trickling its upload cannot lock the others out): it has
+FACESCORE_API_BODY_TIMEOUT to arrive, and the bodies arriving at once may buffer together only
+what the admitted ones may. A client that goes away stops costing anything: its image is taken
+out of the pool's (or the queue's) waiting line.
 `GET /health` answers 503 with the reasons when the API cannot score.
 """
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
 
 from . import __version__, jsonbody, pipeline, queue, web
 from .config import Settings, parse_min_face
@@ -45,9 +50,10 @@ WAITING_PER_SLOT = 4
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after = retry_after
 
 
 class ClientGone(Exception):
@@ -83,10 +89,12 @@ async def _unless_gone(request: Request, work: "asyncio.Future[Any]") -> Any:
 
 
 class Admission:
-    """Counts the requests in flight; says how long a refused one should wait."""
+    """Counts the requests in flight (bodies read, scoring or waiting to) and the bytes of the
+    bodies still arriving; says how long a refused one should wait."""
 
     def __init__(self) -> None:
         self.inflight = 0
+        self.arriving_bytes = 0
         self.service_s = 0.5  # moving average of one image's scoring time, for Retry-After
 
     def retry_after(self, slots: int) -> int:
@@ -110,6 +118,11 @@ def create_app(settings: Settings | None = None, via: str | None = None, timeout
     jobs = queue.QueueClient(settings)  # the one queue client: connections for the app's whole life
     admission = Admission()
     max_body = settings.max_image_bytes * 4 // 3 + 64 * 1024
+    # Bodies still arriving hold no scoring slot (a client trickling its upload would otherwise
+    # lock everyone out with a couple of connections); what they may buffer together is bounded
+    # instead, to what the slots' own bodies may hold, and each has settings.api_body_timeout_s.
+    arriving_budget = max(4, processes + max_waiting) * max_body
+    body_timeout_s = settings.api_body_timeout_s
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
@@ -129,10 +142,22 @@ def create_app(settings: Settings | None = None, via: str | None = None, timeout
         if declared and declared.isdigit() and int(declared) > max_body:
             raise ApiError(413, f"body is over the {max_body // (1024 * 1024)} MB limit")
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > max_body:
-                raise ApiError(413, f"body is over the {max_body // (1024 * 1024)} MB limit")
+        try:
+            async with asyncio.timeout(body_timeout_s or None):
+                async for chunk in request.stream():
+                    if admission.arriving_bytes + len(chunk) > arriving_budget:
+                        raise ApiError(503, "busy: too many uploads arriving at once; try again later",
+                                       retry_after=admission.retry_after(processes))
+                    body += chunk
+                    admission.arriving_bytes += len(chunk)
+                    if len(body) > max_body:
+                        raise ApiError(413, f"body is over the {max_body // (1024 * 1024)} MB limit")
+        except TimeoutError:
+            raise ApiError(408, f"the body did not arrive within {body_timeout_s:g} s") from None
+        except ClientDisconnect:
+            raise ClientGone() from None
+        finally:
+            admission.arriving_bytes -= len(body)
         if not body.strip():
             raise ApiError(400, 'no body: send JSON {"image": "<base64>"}')
         try:
@@ -220,22 +245,30 @@ def create_app(settings: Settings | None = None, via: str | None = None, timeout
             mode, slots = await choose()
         except queue.QueueUnavailable as exc:
             return _fail(503, str(exc), retry_after=5)
-        if admission.inflight >= slots + max_waiting:  # refused before reading the body
+        def busy() -> JSONResponse:
             return _fail(503, f"busy: {admission.inflight} request(s) in flight for {slots} scoring slot(s); "
                               f"try again later", retry_after=admission.retry_after(slots))
+
+        if admission.inflight >= slots + max_waiting:  # refused before reading the body
+            return busy()
+        try:
+            text, data, min_face = await read_image(request)  # in flight only once it has arrived
+        except ApiError as exc:
+            return _fail(exc.status, str(exc), retry_after=exc.retry_after)
+        except ClientGone:
+            return _fail(499, "the client closed the connection")  # nobody reads it; logs do
+        if admission.inflight >= slots + max_waiting:  # filled while this body arrived
+            return busy()
         admission.inflight += 1
         start = time.perf_counter()
         try:
-            text, data, min_face = await read_image(request)
             response = await (score_local(request, text, min_face) if mode == "local"
                               else score_queue(request, data, min_face))
             if response.status_code in (200, 422):
                 admission.took((time.perf_counter() - start) * max(1, slots) / admission.inflight)
             return response
-        except ApiError as exc:
-            return _fail(exc.status, str(exc))
         except ClientGone:
-            return _fail(499, "the client closed the connection")  # nobody reads it; logs do
+            return _fail(499, "the client closed the connection")
         finally:
             admission.inflight -= 1
 
