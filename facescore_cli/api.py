@@ -4,7 +4,7 @@ An optional `"min_face"` in the body (pixels, 12-100000, as `--min-face`; defaul
 FACESCORE_MIN_FACE) is the narrowest face to look for. Answers `{"success": true, "data": {...}}`
 with the same `data` object as the job's return value (CONTRACT.md), or `{"success": false,
 "error": "..."}` with a status that says whose fault it is: 400 no body / malformed JSON / bad
-base64 / bad min_face, 408 the body took longer than FACESCORE_API_BODY_TIMEOUT to arrive, 413
+base64 / bad min_face, 408 the body took longer than FACESCORE_BODY_TIMEOUT to arrive, 413
 too big, 422 not an image or no face, 503 busy, no
 worker or no answer within the API's wait (with Retry-After), 504 the image itself took longer
 than the scoring time limit (FACESCORE_IMAGE_TIMEOUT; its process was killed, and a retry would
@@ -17,7 +17,7 @@ Under load it stays honest rather than slow: a request is admitted only while fe
 `slots + max_waiting` are in flight (slots: the local processes, or the live workers'
 concurrency), otherwise it gets 503 with Retry-After before its body is read. A body still
 arriving holds no place (a client trickling its upload cannot lock the others out): it has
-FACESCORE_API_BODY_TIMEOUT to arrive, and the bodies arriving at once may buffer together only
+FACESCORE_BODY_TIMEOUT to arrive, and the bodies arriving at once may buffer together only
 what the admitted ones may. A client that goes away stops costing anything: its image is taken
 out of the pool's (or the queue's) waiting line.
 `GET /health` answers 503 with the reasons when the API cannot score.
@@ -120,9 +120,9 @@ def create_app(settings: Settings | None = None, via: str | None = None, timeout
     max_body = settings.max_image_bytes * 4 // 3 + 64 * 1024
     # Bodies still arriving hold no scoring slot (a client trickling its upload would otherwise
     # lock everyone out with a couple of connections); what they may buffer together is bounded
-    # instead, to what the slots' own bodies may hold, and each has settings.api_body_timeout_s.
+    # instead, to what the slots' own bodies may hold, and each has settings.body_timeout_s.
     arriving_budget = max(4, processes + max_waiting) * max_body
-    body_timeout_s = settings.api_body_timeout_s
+    body_timeout_s = settings.body_timeout_s
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
@@ -138,26 +138,24 @@ def create_app(settings: Settings | None = None, via: str | None = None, timeout
 
     async def read_image(request: Request) -> tuple[str, bytes, int | None]:
         """The request's base64 text, its bytes, and its `min_face` (None: the server's setting)."""
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > max_body:
-            raise ApiError(413, f"body is over the {max_body // (1024 * 1024)} MB limit")
-        body = bytearray()
+        received = 0
+
+        def arriving(n: int) -> None:
+            nonlocal received
+            if admission.arriving_bytes + n > arriving_budget:
+                raise ApiError(503, "busy: too many uploads arriving at once; try again later",
+                               retry_after=admission.retry_after(processes))
+            admission.arriving_bytes += n
+            received += n
+
         try:
-            async with asyncio.timeout(body_timeout_s or None):
-                async for chunk in request.stream():
-                    if admission.arriving_bytes + len(chunk) > arriving_budget:
-                        raise ApiError(503, "busy: too many uploads arriving at once; try again later",
-                                       retry_after=admission.retry_after(processes))
-                    body += chunk
-                    admission.arriving_bytes += len(chunk)
-                    if len(body) > max_body:
-                        raise ApiError(413, f"body is over the {max_body // (1024 * 1024)} MB limit")
-        except TimeoutError:
-            raise ApiError(408, f"the body did not arrive within {body_timeout_s:g} s") from None
+            body = await jsonbody.read_body(request, max_body, body_timeout_s, on_chunk=arriving)
+        except jsonbody.BodyError as exc:
+            raise ApiError(exc.status, str(exc)) from None
         except ClientDisconnect:
             raise ClientGone() from None
         finally:
-            admission.arriving_bytes -= len(body)
+            admission.arriving_bytes -= received
         if not body.strip():
             raise ApiError(400, 'no body: send JSON {"image": "<base64>"}')
         try:

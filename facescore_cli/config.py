@@ -98,10 +98,10 @@ class Settings:
     # image gets an error row (0 = no limit). 60 s: the largest accepted image (60 Mpx) takes
     # about 2 s of CPU here, so only a hang reaches it, even on a loaded machine.
     image_timeout_s: float = 60.0
-    # The longest `serve api` waits for a request's body to arrive (0 = no limit): a client that
-    # trickles its upload gets 408 then. 30 s: a 40 MB image over ~11 Mbit/s; photos of a few MB
-    # arrive in time over a slow mobile link.
-    api_body_timeout_s: float = 30.0
+    # The longest the HTTP apps (`serve api`, `serve detection`, `serve embedding`) wait for a
+    # request's body to arrive (0 = no limit): a client that trickles its upload gets 408 then.
+    # 30 s: a 40 MB image over ~11 Mbit/s; photos of a few MB arrive in time over a slow mobile link.
+    body_timeout_s: float = 30.0
     # The narrowest face, in the image's pixels, that detection searches for: the detector's
     # pyramid starts there, so a larger value is faster (faces a little narrower may still be
     # found; far narrower ones are not looked for).
@@ -135,9 +135,9 @@ class Settings:
         except ValueError as exc:
             raise ConfigError(f"FACESCORE_IMAGE_TIMEOUT: {exc}") from None
         try:
-            api_body_timeout = parse_duration(get("FACESCORE_API_BODY_TIMEOUT") or "30s")
+            body_timeout = parse_duration(get("FACESCORE_BODY_TIMEOUT") or "30s")
         except ValueError as exc:
-            raise ConfigError(f"FACESCORE_API_BODY_TIMEOUT: {exc}") from None
+            raise ConfigError(f"FACESCORE_BODY_TIMEOUT: {exc}") from None
         try:
             min_face = parse_min_face(get("FACESCORE_MIN_FACE") or DEFAULT_MIN_FACE)
         except ValueError as exc:
@@ -163,6 +163,6 @@ class Settings:
             api_processes=api_processes,
             api_max_waiting=api_max_waiting,
             image_timeout_s=image_timeout,
-            api_body_timeout_s=api_body_timeout,
+            body_timeout_s=body_timeout,
             min_face=min_face,
         )

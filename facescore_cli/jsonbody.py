@@ -1,4 +1,5 @@
-"""Strict JSON for request bodies: one parser, one kind of error, for the API and both services.
+"""Request bodies for the API and both services: read with a size limit and a deadline
+(`read_body`), parsed as strict JSON (`loads`); one kind of error for each.
 
 `json.loads` accepts what no client of ours sends and fails on the rest with exceptions a web app
 does not expect: NaN and Infinity, 1e999999 (read as infinity), duplicate keys (the last one
@@ -7,9 +8,54 @@ of these is a `MalformedJSON` with a one-line reason, which the apps answer with
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+from collections.abc import Callable
 from typing import Any
+
+
+class BodyError(ValueError):
+    """The body was not read whole: `status` 400 (a Content-Length that is not a number), 408 (it
+    did not arrive in time) or 413 (over the size limit); the message says which, in one line."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _size(n: int) -> str:
+    return f"{n / (1024 * 1024):.1f} MB" if n >= 1024 * 1024 else f"{n} bytes"
+
+
+async def read_body(request: Any, max_bytes: int, timeout_s: float = 0.0,
+                    on_chunk: Callable[[int], None] | None = None) -> bytes:
+    """The whole body of a Starlette `request`, or BodyError: 413 as soon as its Content-Length or
+    the bytes received pass `max_bytes`, 408 when it has not all arrived within `timeout_s` (0: no
+    limit; a client trickling its upload would otherwise hold the connection and its buffer for
+    as long as it likes). `on_chunk(n)` is called before each chunk is kept and may raise to refuse
+    it (the API bounds what all arriving bodies buffer at once). A client that disconnects raises
+    Starlette's ClientDisconnect, as `request.stream()` does."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise BodyError(400, "Content-Length is not a number") from None
+        if size > max_bytes:
+            raise BodyError(413, f"body is {_size(size)}, over the {_size(max_bytes)} limit")
+    body = bytearray()
+    try:
+        async with asyncio.timeout(timeout_s or None):
+            async for chunk in request.stream():
+                if on_chunk is not None:
+                    on_chunk(len(chunk))
+                body += chunk
+                if len(body) > max_bytes:
+                    raise BodyError(413, f"body is over the {_size(max_bytes)} limit")
+    except TimeoutError:
+        raise BodyError(408, f"the body did not arrive within {timeout_s:g} s") from None
+    return bytes(body)
 
 class MalformedJSON(ValueError):
     """The body is not JSON we accept; the message says why, in one line."""

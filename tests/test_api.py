@@ -242,11 +242,11 @@ def test_an_image_past_the_time_limit_is_504_local_and_queue(redis_server, portr
 
 def test_body_timeout_setting():
     def load(value: str) -> float:
-        return Settings.load(environ={"FACESCORE_API_BODY_TIMEOUT": value}, dotenv=None).api_body_timeout_s
+        return Settings.load(environ={"FACESCORE_BODY_TIMEOUT": value}, dotenv=None).body_timeout_s
 
-    assert Settings.load(environ={}, dotenv=None).api_body_timeout_s == 30
+    assert Settings.load(environ={}, dotenv=None).body_timeout_s == 30
     assert (load("2m"), load("500ms"), load("0")) == (120, 0.5, 0)
-    with pytest.raises(ConfigError, match="FACESCORE_API_BODY_TIMEOUT: 'soon' is not a duration"):
+    with pytest.raises(ConfigError, match="FACESCORE_BODY_TIMEOUT: 'soon' is not a duration"):
         load("soon")
 
 
@@ -266,7 +266,7 @@ def test_slow_uploads_hold_no_scoring_slot_and_get_408(redis_server, portrait, t
     """Clients that send their headers and then trickle (here: stop) their body. Two of them
     locked everyone else out with 503 for as long as they kept their connections open: a body
     was read while holding an in-flight slot, with no deadline."""
-    env = base_env(redis_server.url, tmp_path / "home", FACESCORE_API_MAX_WAITING="1", FACESCORE_API_BODY_TIMEOUT="3s")
+    env = base_env(redis_server.url, tmp_path / "home", FACESCORE_API_MAX_WAITING="1", FACESCORE_BODY_TIMEOUT="3s")
     with Api(env, "--via", "local", "--jobs", "1") as api:
         api.wait_ready()
         slow = [socket.create_connection(("127.0.0.1", api.port), timeout=30) for _ in range(4)]

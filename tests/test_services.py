@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import socket
 import signal
 import subprocess
 import sys
@@ -113,7 +114,7 @@ def start_pair(env: dict[str, str] | None = None, token: str | None = None) -> t
 
 @pytest.fixture(scope="module")
 def pair():
-    det, emb = start_pair({"FACESCORE_MAX_IMAGE_BYTES": str(IMAGE_LIMIT)}, token=TOKEN)
+    det, emb = start_pair({"FACESCORE_MAX_IMAGE_BYTES": str(IMAGE_LIMIT), "FACESCORE_BODY_TIMEOUT": "2s"}, token=TOKEN)
     yield det, emb
     det.stop()
     emb.stop()
@@ -239,6 +240,28 @@ def test_body_over_the_limit_is_413_when_streamed_without_length(pair):
     r = httpx.post(det.url + "/detect", content=chunks(), headers={**det.headers, "Content-Type": "image/jpeg"})
     assert "content-length" not in r.request.headers  # chunked: only the bytes received can tell
     assert r.status_code == 413
+
+
+def test_a_body_that_does_not_arrive_is_408(pair, group_bytes):
+    """Headers sent, then the body stops: the service answers 408 after FACESCORE_BODY_TIMEOUT
+    (2 s here) instead of holding the connection and its buffer for as long as the client likes."""
+    for svc, path in zip(pair, ("/detect", "/embed")):
+        sock = socket.create_connection(("127.0.0.1", svc.port), timeout=30)
+        try:
+            sock.sendall(f"POST {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\n"
+                         f"Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n{{\"image\": \"".encode())
+            answer = b""
+            while b'"}' not in answer:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+        finally:
+            sock.close()
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+        assert answer.endswith(b'{"detail":"the body did not arrive within 2 s"}')
+    r = httpx.post(pair[0].url + "/detect", content=group_bytes, headers={**pair[0].headers, "Content-Type": "image/jpeg"})
+    assert r.status_code == 200
 
 
 def test_image_over_the_limit_inside_json_is_413(pair):

@@ -41,6 +41,7 @@ class ServiceConfig:
     max_image_pixels: int
     max_body_bytes: int
     threads: int
+    body_timeout_s: float = 30.0  # FACESCORE_BODY_TIMEOUT
     # Test-only: every /detect and /embed answer waits this long, to exercise client timeouts.
     delay_s: float = 0.0
 
@@ -54,6 +55,7 @@ class ServiceConfig:
             max_image_pixels=settings.max_image_pixels,
             max_body_bytes=settings.max_image_bytes * 4 // 3 + _JSON_OVERHEAD,
             threads=max(1, threads),
+            body_timeout_s=settings.body_timeout_s,
             delay_s=float(os.environ.get("FACESCORE_SERVICE_DELAY_MS") or 0) / 1000.0,
         )
 
@@ -89,6 +91,7 @@ FACE_SCHEMA: dict[str, Any] = {
 }
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorModel, "description": "missing or wrong bearer token (when the service has one)"},
+    408: {"model": ErrorModel, "description": "the body did not arrive within FACESCORE_BODY_TIMEOUT"},
     413: {"model": ErrorModel, "description": "body over the size limit"},
     415: {"model": ErrorModel, "description": "unsupported content type"},
     422: {"model": ErrorModel, "description": "the image cannot be decoded, or the JSON is malformed"},
@@ -156,22 +159,12 @@ class Service:
         return Depends(check)
 
     async def read_body(self, request: Request) -> bytes:
-        """The body, or 413 as soon as either Content-Length or the bytes received pass the limit."""
-        limit = self.config.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None:
-            try:
-                size = int(declared)
-            except ValueError:
-                raise HTTPException(400, "Content-Length is not a number") from None
-            if size > limit:
-                raise HTTPException(413, f"body is {size} bytes, over the {limit} byte limit")
-        buf = bytearray()
-        async for chunk in request.stream():
-            buf += chunk
-            if len(buf) > limit:
-                raise HTTPException(413, f"body is over the {limit} byte limit")
-        return bytes(buf)
+        """The body (`jsonbody.read_body`): 413 as soon as either Content-Length or the bytes
+        received pass the limit, 408 when it has not arrived within FACESCORE_BODY_TIMEOUT."""
+        try:
+            return await jsonbody.read_body(request, self.config.max_body_bytes, self.config.body_timeout_s)
+        except jsonbody.BodyError as exc:
+            raise HTTPException(exc.status, str(exc)) from None
 
     def check_image_size(self, data: bytes) -> None:
         if len(data) > self.config.max_image_bytes:
