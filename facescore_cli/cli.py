@@ -283,7 +283,7 @@ def _results(items: list[Item], settings: Settings, mode: str, jobs: int, store:
         from . import pipeline
 
         raw = pipeline.score_items(items, settings, jobs, local=local, pool=pool)
-    return raw, remember_all(in_input_order(raw, items) if ordered else raw, settings, warn, enabled=store)
+    return raw, remember_all(in_input_order(raw, items) if ordered else raw, settings, warn, enabled=store, note=note)
 
 
 def in_input_order(results: Iterable[ImageResult], items: list[Item]) -> Iterator[ImageResult]:

@@ -272,15 +272,17 @@ class FaceStore:
     embedded: bool
 
     @classmethod
-    def open(cls, settings: Settings, migrate: bool = True) -> "FaceStore":
+    def open(cls, settings: Settings, migrate: bool = True, note: Callable[[str], None] | None = None) -> "FaceStore":
         """The server store when QDRANT_URL is set, else the embedded one (opened or created).
 
-        `migrate`: carry a store left by an older facescore (see `EmbeddedStore.migrate`) over first.
+        `migrate`: carry a store left by an older facescore (see `EmbeddedStore.migrate`) over
+        first, telling `note` before and after (it takes seconds at 100k faces).
         """
         if settings.qdrant_url:
             return ServerStore.connect(settings)
         legacy = legacy_path(settings)
-        return EmbeddedStore.open_at(embedded_path(settings), legacy if migrate and legacy.is_dir() else None)
+        return EmbeddedStore.open_at(embedded_path(settings), legacy if migrate and legacy.is_dir() else None,
+                                     note=note)
 
     def close(self) -> None:
         raise NotImplementedError
@@ -371,9 +373,10 @@ class EmbeddedStore(FaceStore):
         self._flushed_at = time.monotonic()
 
     @classmethod
-    def open_at(cls, root: Path, legacy: Path | None = None, wait_s: float | None = None) -> "EmbeddedStore":
+    def open_at(cls, root: Path, legacy: Path | None = None, wait_s: float | None = None,
+                note: Callable[[str], None] | None = None) -> "EmbeddedStore":
         """Open (or create) the store in `root`, holding its lock (waiting for it as `_take_lock`
-        does); carry `legacy` over first, if given."""
+        does); carry `legacy` over first, if given (see `migrate` for `note`)."""
         try:
             root.mkdir(parents=True, exist_ok=True)
             lock = (root / LOCK_FILE).open("a+b")
@@ -389,7 +392,7 @@ class EmbeddedStore(FaceStore):
         store = cls(root, lock)
         if legacy is not None:
             try:
-                store.migrate(legacy)
+                store.migrate(legacy, note)
             except BaseException:
                 store.close()
                 raise
@@ -551,12 +554,13 @@ class EmbeddedStore(FaceStore):
         shard = self._shard(name)
         return 0 if shard is None else self._call("count", lambda: shard.count(q.CountRequest(exact=True)))
 
-    def migrate(self, legacy: Path) -> dict[str, int]:
+    def migrate(self, legacy: Path, note: Callable[[str], None] | None = None) -> dict[str, int]:
         """Carry the store an older facescore kept in `legacy` (qdrant-client's local mode, one
         collection `faces_<version>` per model) over into this one, then rename `legacy` to
         `<name>.migrated` so that it is carried over once. Every point keeps its id, vector and
         payload (plus `score_tenths`). Each point is checked to be here before the rename; a run
-        killed halfway repeats the copy next time, and rewriting the same ids adds nothing."""
+        killed halfway repeats the copy next time, and rewriting the same ids adds nothing.
+        `note` hears one line when the copy starts and one when it is done."""
         from qdrant_client import QdrantClient
 
         try:
@@ -571,6 +575,11 @@ class EmbeddedStore(FaceStore):
                               f"the next run") from None
         moved: dict[str, int] = {}
         try:
+            if note is not None:
+                total = sum(client.count(c.name).count for c in client.get_collections().collections
+                            if c.name.startswith(COLLECTION_PREFIX))
+                note(f"carrying {total} stored face{'s' if total != 1 else ''} over from the store of an older "
+                     f"facescore in {legacy} (once; a large store takes a while)")
             for collection in client.get_collections().collections:
                 name = collection.name
                 if not name.startswith(COLLECTION_PREFIX):
@@ -600,6 +609,8 @@ class EmbeddedStore(FaceStore):
             target = legacy.with_name(f"{legacy.name}{MIGRATED_SUFFIX}-{int(time.time())}")
         legacy.rename(target)
         log.info("carried %s over from %s (now %s)", moved, legacy, target)
+        if note is not None:
+            note(f"carried {sum(moved.values())} faces over into {self.where}; {target} can be deleted")
         return moved
 
     def close(self) -> None:
@@ -755,7 +766,7 @@ def _is_unavailable(exc: BaseException) -> bool:
 
 
 def remember_all(results: Iterable[ImageResult], settings: Settings, warn: Callable[[str], None],
-                 enabled: bool = True) -> Iterator[ImageResult]:
+                 enabled: bool = True, note: Callable[[str], None] | None = None) -> Iterator[ImageResult]:
     """Pass results through, storing each storable one on the way and setting `store_rank`.
 
     Runs in the one process that consumes results (the embedded store allows one writer). The
@@ -771,7 +782,7 @@ def remember_all(results: Iterable[ImageResult], settings: Settings, warn: Calla
             if enabled and not failed and storable(result):
                 try:
                     if store is None:
-                        store = FaceStore.open(settings)
+                        store = FaceStore.open(settings, note=note)
                     store.remember(result)
                 except Exception as exc:  # never lose a result to the store
                     failed = True

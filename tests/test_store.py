@@ -208,6 +208,19 @@ def test_an_old_store_is_carried_over_once_with_nothing_lost(clean_env: Path, em
     assert "12 faces of 2 model versions" in check_qdrant(settings).detail
 
 
+def test_carrying_an_old_store_over_is_said_on_the_command_line(clean_env: Path, embedded_faces: list,
+                                                                portrait: Path) -> None:
+    """The copy takes seconds at 100k faces, once: the command says so before and after."""
+    _legacy_store(clean_env, embedded_faces)
+    res = run("score", str(portrait))
+    assert res.exit_code == 0
+    said = " ".join(res.stderr.split())
+    assert f"carrying 12 stored faces over from the store of an older facescore in {clean_env / 'qdrant'}" in said
+    assert f"carried 12 faces over into {embedded_path(Settings.load())}; {clean_env / 'qdrant.migrated'} can be deleted" in said
+    assert "carrying" not in run("score", str(portrait)).stderr  # once
+    assert stored() == 12 + 1
+
+
 def test_an_old_store_in_use_is_left_alone_and_said(clean_env: Path, embedded_faces: list) -> None:
     from qdrant_client import QdrantClient
 

@@ -139,7 +139,7 @@ def results(
             task = progress.add_task(f"batch {batch_id}", total=len(batch.entries))
             try:
                 arriving = queue.iterate(queue.collect(batch, settings, wait=wait, warn=warn, pending=pending))
-                for r in remember_all(arriving, settings, warn, enabled=batch.store):
+                for r in remember_all(arriving, settings, warn, enabled=batch.store, note=note):
                     collected.append(r)
                     tally.add(r)
                     if writer is not None:

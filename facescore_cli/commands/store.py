@@ -29,7 +29,7 @@ def _open(settings: Settings) -> FaceStore:
     from ..store import FaceStore, StoreUnavailable
 
     try:
-        return FaceStore.open(settings)
+        return FaceStore.open(settings, note=console.note)
     except StoreUnavailable as exc:
         err.print(f"[red]store unavailable:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
