@@ -10,9 +10,9 @@ scored once while its result is kept. A batch's (path, job id) list lives in Red
 batch id, so `facescore results BATCH_ID` can collect it again after the client died.
 
 Known gaps of the Python `bullmq` package, designed around here: there is no
-`waitUntilFinished` (we listen with `QueueEvents` and read jobs that finished before we listened
-with one pipelined read), and `QueueEvents` stops on a connection error (we restart it and
-reconcile by reading the jobs again).
+`waitUntilFinished` (we read the queue's events stream ourselves, `EventStream`, and read jobs
+that finished before we listened with one pipelined read); a stream reader stops on a connection
+error (we start another and reconcile by reading the jobs again).
 """
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ def async_client(settings: Settings, timeout: float = 3.0) -> aredis.Redis:
 
 
 def bull_opts(settings: Settings, **extra: Any) -> dict[str, Any]:
-    """Options for a bullmq Queue/Worker/QueueEvents: each builds its own connection from the URL."""
+    """Options for a bullmq Queue or Worker: each builds its own connection from the URL."""
     return {"connection": settings.redis_url, "prefix": PREFIX, **extra}
 
 
@@ -315,25 +315,65 @@ async def enqueue(queue: Any, client: aredis.Redis, specs: list[dict[str, Any]])
 # -- waiting -------------------------------------------------------------------------------
 
 
-async def close_events(events: Any) -> None:
-    """Stop a QueueEvents at once. Its own close() can sit out a whole XREAD block (2 s here)
-    after an event was delivered: the first cancellation of the reader gets lost."""
-    events.closing = True
-    task = getattr(events, "_consumer_task", None)
-    events._consumer_task = None
-    for _ in range(400):  # redis-py can swallow one cancellation while it tidies the socket
-        if task is None or task.done():
-            break
-        task.cancel()
-        await asyncio.wait({task}, timeout=0.005)  # short: a request waits for this teardown
-    try:
-        connection = getattr(events.client, "connection", None)
-        if connection is not None:
-            await connection.disconnect()
-        await events.client.aclose()
-    except Exception:
-        pass
-    events.closed = True
+class EventStream:
+    """The queue's BullMQ events stream (`<prefix>:<queue>:events`, which the Lua scripts of any
+    BullMQ, Node's or Python's, append to), read with a blocking XREAD on a connection of its own
+    from `last_id` on. Each entry goes to `on_event(event name, fields)`, `completed`'s return
+    value decoded from its JSON. It stops on a connection error (`alive` turns False; the owner
+    starts another and reads its jobs again), also when Redis stops answering without closing the
+    connection (the socket times out a few seconds after a block).
+
+    bullmq's QueueEvents reads the same stream, but its close() can sit out a whole block after an
+    event was delivered, and stopping it at once, or telling whether it still runs, meant reaching
+    into its private consumer task."""
+
+    def __init__(self, settings: Settings, queue: str, last_id: str,
+                 on_event: Callable[[str, dict[str, Any]], None], block_ms: int = 2000) -> None:
+        self.key = f"{PREFIX}:{queue}:events"
+        self.block_ms = block_ms
+        self.on_event = on_event
+        self.client = aredis.Redis.from_url(settings.redis_url, socket_connect_timeout=3.0,
+                                            socket_timeout=block_ms / 1000 + 5.0, decode_responses=True)
+        self.task: asyncio.Task[None] = asyncio.ensure_future(self._read(last_id))
+
+    @property
+    def alive(self) -> bool:
+        return not self.task.done()
+
+    async def _read(self, last_id: str) -> None:
+        try:
+            while True:
+                data = await self.client.xread({self.key: last_id}, block=self.block_ms, count=500)
+                for _stream, entries in data or ():
+                    for entry_id, fields in entries:
+                        last_id = entry_id
+                        event = fields.pop("event", None)
+                        if event == "completed" and isinstance(fields.get("returnvalue"), str):
+                            try:
+                                fields["returnvalue"] = json.loads(fields["returnvalue"])
+                            except ValueError:
+                                pass  # kept as text; read_jobs reads it again from the job
+                        if event:
+                            self.on_event(event, fields)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the connection failed: `alive` says so, the owner restarts
+            return
+
+    async def close(self) -> None:
+        """Stop reading at once (not at the end of the current block) and drop the connection."""
+        for _ in range(400):  # redis-py can swallow one cancellation while it tidies the socket
+            if self.task.done():
+                break
+            self.task.cancel()
+            await asyncio.wait({self.task}, timeout=0.005)  # short: a request waits for this teardown
+        try:
+            connection = getattr(self.client, "connection", None)
+            if connection is not None:
+                await connection.disconnect()
+            await self.client.aclose()
+        except Exception:
+            pass
 
 
 async def read_jobs(client: aredis.Redis, queue: str, ids: list[str]) -> list[tuple[str, str, Any]]:
@@ -385,7 +425,7 @@ class QueueClient:
     are alive. `batch --via queue`, `submit`, `results` and the API all use it.
 
     It owns three connections for its whole life, whatever the number of waits: a plain client
-    (reads, liveness), a BullMQ Queue (adding jobs) and one QueueEvents whose completed/failed
+    (reads, liveness), a BullMQ Queue (adding jobs) and one `EventStream` whose completed/failed
     events wake whoever waits for that job. A wait reads its open jobs in one pipelined read when
     it starts and again whenever the events stream was restarted (Redis went away, or the job
     finished before we listened), adds again the jobs Redis lost, and says so when no worker has
@@ -400,7 +440,7 @@ class QueueClient:
         self.redis_retry_s = redis_retry_s
         self.client: aredis.Redis | None = None
         self.bull: Any = None
-        self.events: Any = None
+        self.events: EventStream | None = None
         self.listeners: dict[str, list[asyncio.Queue[tuple[str, str, Any]]]] = {}
         self._generation = 0  # how many times the events stream was (re)started
         self._events_lock = asyncio.Lock()
@@ -526,8 +566,7 @@ class QueueClient:
     # -- waiting ----------------------------------------------------------------------------
 
     def _events_alive(self) -> bool:
-        task = getattr(self.events, "_consumer_task", None)
-        return self.events is not None and task is not None and not task.done()
+        return self.events is not None and self.events.alive
 
     def _dispatch(self, jid: str | None, state: str, value: Any) -> None:
         for inbox in self.listeners.get(jid or "", ()):
@@ -536,20 +575,20 @@ class QueueClient:
     async def _listen(self) -> int:
         """Start the events stream unless it runs; return its generation. It starts at the last
         event now in Redis, so what finishes after a wait's read reaches the wait."""
-        from bullmq import QueueEvents
+
+        def on_event(event: str, fields: dict[str, Any]) -> None:
+            if event == "completed":
+                self._dispatch(fields.get("jobId"), "completed", fields.get("returnvalue"))
+            elif event == "failed":  # read back: it tells a rejected image from a failure
+                self._dispatch(fields.get("jobId"), "failed?", fields.get("failedReason"))
 
         async with self._events_lock:
             if not self._events_alive():
                 if self.events is not None:
-                    await close_events(self.events)
+                    await self.events.close()
                     self.events = None
                 last = await self._client().xrevrange(f"{PREFIX}:{self.queue}:events", count=1)
-                events = QueueEvents(self.queue, bull_opts(self.settings, lastEventId=last[0][0] if last else "0-0",
-                                                           blockingTimeout=2000))
-                events.on("completed", lambda a, _id: self._dispatch(a.get("jobId"), "completed", a.get("returnvalue")))
-                # A failed event is read back: it tells a rejected image from a failure.
-                events.on("failed", lambda a, _id: self._dispatch(a.get("jobId"), "failed?", a.get("failedReason")))
-                events.on("error", lambda *_: None)
+                events = EventStream(self.settings, self.queue, last[0][0] if last else "0-0", on_event)
                 self.events = events
                 self._generation += 1
             return self._generation
@@ -754,7 +793,7 @@ class QueueClient:
         if self._looking is not None:
             self._looking.cancel()
         if self.events is not None:
-            await close_events(self.events)
+            await self.events.close()
             self.events = None
         if self.bull is not None:
             try:

@@ -375,3 +375,55 @@ def test_slots_sums_the_live_workers_concurrency() -> None:
     that does not say its concurrency counts as one)."""
     assert queue.slots([]) == 0
     assert queue.slots([{"concurrency": 2}, {"concurrency": 4}, {}]) == 7
+
+
+def test_the_event_stream_delivers_stops_at_once_and_says_when_redis_went_away(tmp_path):
+    """queue.EventStream, what every wait listens with: completed/failed entries as any BullMQ
+    writes them (the return value decoded from JSON), a close that does not sit out the blocking
+    read, and `alive` False once Redis has gone (the owner then starts another and reads its jobs)."""
+    import asyncio
+
+    import redis as redis_sync
+
+    from conftest import RedisServer
+
+    server = RedisServer(tmp_path)
+    server.start()
+    settings = settings_for(base_env(server.url, tmp_path / "home"))
+    key = f"{queue.PREFIX}:q:events"
+
+    async def scene() -> None:
+        seen: list[tuple[str, dict]] = []
+        first = queue.EventStream(settings, "q", "0-0", lambda e, f: seen.append((e, f)), block_ms=10_000)
+        add = redis_sync.Redis.from_url(server.url, decode_responses=True)
+        add.xadd(key, {"event": "completed", "jobId": "a", "returnvalue": '{"score": 61.8}', "prev": "active"})
+        add.xadd(key, {"event": "failed", "jobId": "b", "failedReason": "not an image", "prev": "active"})
+        add.xadd(key, {"event": "completed", "jobId": "c", "returnvalue": "not json"})
+        for _ in range(200):
+            if len(seen) == 3:
+                break
+            await asyncio.sleep(0.05)
+        assert seen == [("completed", {"jobId": "a", "returnvalue": {"score": 61.8}, "prev": "active"}),
+                        ("failed", {"jobId": "b", "failedReason": "not an image", "prev": "active"}),
+                        ("completed", {"jobId": "c", "returnvalue": "not json"})]
+        await asyncio.sleep(0.2)  # blocked in XREAD now, for up to 10 s
+        start = time.monotonic()
+        await first.close()
+        assert not first.alive and time.monotonic() - start < 5  # not the rest of the 10 s block
+
+        second = queue.EventStream(settings, "q", "$", lambda e, f: seen.append((e, f)), block_ms=1000)
+        await asyncio.sleep(0.2)
+        assert second.alive
+        await asyncio.to_thread(server.stop)
+        for _ in range(200):
+            if not second.alive:
+                break
+            await asyncio.sleep(0.05)
+        assert not second.alive  # a connection error ends it
+        await second.close()
+        add.close()
+
+    try:
+        asyncio.run(scene())
+    finally:
+        server.stop()
