@@ -8,11 +8,12 @@ of these is a `MalformedJSON` with a one-line reason, which the apps answer with
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 from collections.abc import Callable
 from typing import Any
+
+from . import aio
 
 
 class BodyError(ValueError):
@@ -46,7 +47,7 @@ async def read_body(request: Any, max_bytes: int, timeout_s: float = 0.0,
             raise BodyError(413, f"body is {_size(size)}, over the {_size(max_bytes)} limit")
     body = bytearray()
     try:
-        async with asyncio.timeout(timeout_s or None):
+        async with aio.timeout(timeout_s or None):
             async for chunk in request.stream():
                 if on_chunk is not None:
                     on_chunk(len(chunk))

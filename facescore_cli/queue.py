@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 import redis
 import redis.asyncio as aredis
 
-from . import images
+from . import aio, images
 from .config import Settings
 from .errors import ImageError, ServiceUnavailable
 from .health import redact
@@ -765,7 +765,7 @@ class QueueClient:
         finished = self.wait([jid], requeue=requeue, poll_s=1.0, redis_grace_s=min(timeout_s, API_REDIS_GRACE_S))
         answer: tuple[str, Any] | None = None
         try:
-            async with asyncio.timeout(timeout_s):
+            async with aio.timeout(timeout_s):
                 try:
                     await enqueue(self._queue(), self._client(), [spec])
                 except (redis.RedisError, OSError) as exc:

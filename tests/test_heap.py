@@ -54,8 +54,8 @@ def test_decoding_the_same_photo_again_reuses_the_memory_it_freed(group_photo: P
     default = decode_faults(group_photo, False, without_user_tuning())
     kept = decode_faults(group_photo, True, without_user_tuning())
     assert kept["kept"] is True
-    assert default["faults"] > 10 * 1000  # ~4,600 fresh 4 KB pages a decode
-    assert kept["faults"] < 100
+    # Pillow 13 on Python 3.11: ~4,600 fresh 4 KB pages a decode; Pillow 12.3 on 3.10: ~370
+    assert kept["faults"] < 100 and default["faults"] > 1000
 
 
 @linux_glibc
