@@ -3,8 +3,9 @@
 
 `json.loads` accepts what no client of ours sends and fails on the rest with exceptions a web app
 does not expect: NaN and Infinity, 1e999999 (read as infinity), duplicate keys (the last one
-silently wins), and a body nested a thousand deep raises RecursionError, not ValueError. Here each
-of these is a `MalformedJSON` with a one-line reason, which the apps answer with a 4xx.
+silently wins), and a body nested a thousand deep raises RecursionError, not ValueError (up to
+Python 3.12; 3.13 parses it). Here each of these is a `MalformedJSON` with a one-line reason,
+which the apps answer with a 4xx, whatever the Python: nesting is also limited to MAX_DEPTH.
 """
 from __future__ import annotations
 
@@ -88,6 +89,20 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+MAX_DEPTH = 64  # our bodies are an object holding strings, numbers and a few small arrays
+
+
+def _too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False
+
+
 def loads(body: bytes | str) -> Any:
     """The JSON value of `body` (UTF-8), or MalformedJSON."""
     if isinstance(body, (bytes, bytearray)):
@@ -98,11 +113,14 @@ def loads(body: bytes | str) -> Any:
     else:
         text = body
     try:
-        return json.loads(text, parse_constant=_constant, parse_float=_float, parse_int=_int,
-                          object_pairs_hook=_object)
+        value = json.loads(text, parse_constant=_constant, parse_float=_float, parse_int=_int,
+                           object_pairs_hook=_object)
     except MalformedJSON:
         raise
     except RecursionError:
         raise MalformedJSON("nested too deep") from None
     except ValueError as exc:
         raise MalformedJSON(str(exc).splitlines()[0]) from None
+    if isinstance(value, (dict, list)) and _too_deep(value):
+        raise MalformedJSON("nested too deep")
+    return value

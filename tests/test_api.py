@@ -142,7 +142,8 @@ def test_through_the_workers_under_uvicorn(redis_server, portrait, group_photo, 
 # --- malformed JSON: the documented error shape, a 4xx, never a plain-text 500 ---------------
 
 MALFORMED = [
-    b"[" * 1000 + b"]" * 1000,  # nested 1000 deep (an uncaught RecursionError before)
+    b"[" * 1000 + b"]" * 1000,  # nested 1000 deep (an uncaught RecursionError before; Python 3.13 parses it)
+    b'{"image": "AAAA", "x": ' + b"[" * 64 + b"]" * 64 + b"}",  # 65 deep: over jsonbody.MAX_DEPTH on any Python
     b'{"image": ' + b"[" * 5000 + b"]" * 5000 + b"}",
     b'{"image": 1e999999}',  # read as infinity by json.loads
     b'{"image": ' + b"9" * 100_000 + b"}",  # 10**100000: over Python's int-string limit
@@ -153,7 +154,7 @@ MALFORMED = [
 ]
 
 
-@pytest.mark.parametrize("body", MALFORMED, ids=["deep", "deep-inside", "1e999999", "100k-digits", "utf8",
+@pytest.mark.parametrize("body", MALFORMED, ids=["deep", "65-deep", "deep-inside", "1e999999", "100k-digits", "utf8",
                                                  "duplicate-key", "nan", "infinity"])
 def test_malformed_json_is_400_with_the_error_shape(local_client, body):
     r = local_client.post("/api/score", content=body, headers={"content-type": "application/json"})

@@ -19,11 +19,10 @@ import pytest
 dlib = pytest.importorskip("dlib")
 ort = pytest.importorskip("onnxruntime")
 
-import face_recognition_models as frm  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from conftest import dies_with_pytest
-from facescore_cli.ml import resnet  # noqa: E402
+from facescore_cli.ml import models, resnet  # noqa: E402
 
 N_FACES = 50
 MAX_ABS = 1e-5
@@ -32,7 +31,7 @@ MIN_COS = 0.9999
 
 def omi_chips(images_dir, n: int) -> list[np.ndarray]:
     detector = dlib.get_frontal_face_detector()
-    predictor = dlib.shape_predictor(frm.pose_predictor_five_point_model_location())
+    predictor = dlib.shape_predictor(models.LANDMARKS_5_PATH)
     out = []
     for path in sorted(images_dir.glob("*.jpg"), key=lambda p: int(p.stem)):
         img = np.asarray(Image.open(path).convert("RGB"))
@@ -68,12 +67,12 @@ def chips(omi_dir) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def dlib_vecs(chips) -> np.ndarray:
-    rec = dlib.face_recognition_model_v1(frm.face_recognition_model_location())
+    rec = dlib.face_recognition_model_v1(models.RESNET_PATH)
     return np.asarray(rec.compute_face_descriptor(chips), dtype=np.float32)
 
 
 def test_reads_dlibs_anet_type():
-    with open(frm.face_recognition_model_location(), "rb") as f:
+    with open(models.RESNET_PATH, "rb") as f:
         net = resnet.read_dat(f.read())
     np.testing.assert_allclose(net.mean, [122.782, 117.001, 104.298], atol=1e-3)
     assert net.size == 150
@@ -106,7 +105,7 @@ def test_check_fails_on_broken_networks(chips, dlib_vecs):
     assert not matches(bgr, dlib_vecs), agreement(bgr, dlib_vecs)
 
     # one affine layer (bn folded by dlib) without its beta
-    with open(frm.face_recognition_model_location(), "rb") as f:
+    with open(models.RESNET_PATH, "rb") as f:
         net = resnet.read_dat(f.read())
     i = [k for k, layer in enumerate(net.layers) if layer[0] == "affine"][10]
     kind, gamma, beta = net.layers[i]
