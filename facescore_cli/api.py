@@ -243,6 +243,7 @@ def create_app(settings: Settings | None = None, via: str | None = None, timeout
             mode, slots = await choose()
         except queue.QueueUnavailable as exc:
             return _fail(503, str(exc), retry_after=5)
+
         def busy() -> JSONResponse:
             return _fail(503, f"busy: {admission.inflight} request(s) in flight for {slots} scoring slot(s); "
                               f"try again later", retry_after=admission.retry_after(slots))

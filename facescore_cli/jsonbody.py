@@ -59,6 +59,7 @@ async def read_body(request: Any, max_bytes: int, timeout_s: float = 0.0,
         raise BodyError(408, f"the body did not arrive within {timeout_s:g} s") from None
     return bytes(body)
 
+
 class MalformedJSON(ValueError):
     """The body is not JSON we accept; the message says why, in one line."""
 

@@ -65,15 +65,19 @@ START_FAILURES = 4
 HOLD = 2
 
 
+_TOO_LONG = "scoring took longer than {:g} s"
+
+
 def too_long(limit_s: float) -> str:
     """The error of an image that was still scoring when its time limit ran out."""
-    return f"scoring took longer than {limit_s:g} s"
+    return _TOO_LONG.format(limit_s)
 
 
 def is_too_long(error: object) -> bool:
     """Whether `error` is `too_long`'s: how a job's failure reason, which BullMQ keeps as text
     only, tells a timed-out image from the others."""
-    return isinstance(error, str) and re.fullmatch(r"scoring took longer than [0-9.e+-]+ s", error) is not None
+    pattern = re.escape(_TOO_LONG).replace(re.escape("{:g}"), "[0-9.e+-]+")
+    return isinstance(error, str) and re.fullmatch(pattern, error) is not None
 
 
 class PoolBusy(ServiceUnavailable):

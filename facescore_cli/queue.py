@@ -89,9 +89,11 @@ def redis_client(settings: Settings, timeout: float = 3.0) -> redis.Redis:
                                 decode_responses=True)
 
 
-def async_client(settings: Settings, timeout: float = 3.0) -> aredis.Redis:
-    return aredis.Redis.from_url(settings.redis_url, socket_connect_timeout=timeout, socket_timeout=timeout,
-                                 decode_responses=True)
+def async_client(settings: Settings, timeout: float = 3.0, blocking_s: float = 0.0) -> aredis.Redis:
+    """An asyncio client with short timeouts; `blocking_s` more for a read that blocks on purpose
+    (XREAD BLOCK)."""
+    return aredis.Redis.from_url(settings.redis_url, socket_connect_timeout=timeout,
+                                 socket_timeout=timeout + blocking_s, decode_responses=True)
 
 
 def bull_opts(settings: Settings, **extra: Any) -> dict[str, Any]:
@@ -332,8 +334,7 @@ class EventStream:
         self.key = f"{PREFIX}:{queue}:events"
         self.block_ms = block_ms
         self.on_event = on_event
-        self.client = aredis.Redis.from_url(settings.redis_url, socket_connect_timeout=3.0,
-                                            socket_timeout=block_ms / 1000 + 5.0, decode_responses=True)
+        self.client = async_client(settings, timeout=3.0, blocking_s=block_ms / 1000 + 2.0)
         self.task: asyncio.Task[None] = asyncio.ensure_future(self._read(last_id))
 
     @property

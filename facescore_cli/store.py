@@ -190,12 +190,11 @@ def legacy_path(settings: Settings) -> Path:
 
 
 def _locked(where: str, holder: "LockHolder | None" = None) -> StoreLocked:
-    who = f" ({holder.describe()})" if holder else ""
+    who = holder.describe() if holder else None
     return StoreLocked(
-        f"the face store in {where} is in use by another facescore process{who} (the embedded store "
-        f"allows one process at a time). Wait for it to finish, or run a Qdrant server and set "
-        f"QDRANT_URL (e.g. QDRANT_URL=http://localhost:6333) so that many processes can share it",
-        holder.describe() if holder else None)
+        f"the face store in {where} is in use by another facescore process{f' ({who})' if who else ''} (the "
+        f"embedded store allows one process at a time). Wait for it to finish, or run a Qdrant server and set "
+        f"QDRANT_URL (e.g. QDRANT_URL=http://localhost:6333) so that many processes can share it", who)
 
 
 class LockHolder(NamedTuple):
@@ -575,15 +574,12 @@ class EmbeddedStore(FaceStore):
                               f"the next run") from None
         moved: dict[str, int] = {}
         try:
+            names = [c.name for c in client.get_collections().collections if c.name.startswith(COLLECTION_PREFIX)]
             if note is not None:
-                total = sum(client.count(c.name).count for c in client.get_collections().collections
-                            if c.name.startswith(COLLECTION_PREFIX))
+                total = sum(client.count(name).count for name in names)
                 note(f"carrying {total} stored face{'s' if total != 1 else ''} over from the store of an older "
                      f"facescore in {legacy} (once; a large store takes a while)")
-            for collection in client.get_collections().collections:
-                name = collection.name
-                if not name.startswith(COLLECTION_PREFIX):
-                    continue
+            for name in names:
                 moved[name] = 0
                 offset = None
                 while True:

@@ -65,6 +65,27 @@ def wait_for_port(port: int, timeout: float = 15.0, host: str = "127.0.0.1") -> 
     raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
 
 
+def stalled_upload(port: int, head: bytes) -> socket.socket:
+    """A raw connection to 127.0.0.1:`port` that has sent `head` (request line, headers and the
+    start of a body shorter than its Content-Length) and sends nothing more."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.sendall(head)
+    return sock
+
+
+def answer_of(sock: socket.socket) -> bytes:
+    """What the server sent on a raw connection, up to the end of its JSON body (or its closing,
+    or 30 s)."""
+    got = b""
+    sock.settimeout(30)
+    while b'"}' not in got:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
 @pytest.fixture(scope="session")
 def omi_dir() -> Path:
     if not (OMI / "images").is_dir():

@@ -7,7 +7,6 @@ import base64
 import dataclasses
 import os
 import signal
-import socket
 import subprocess
 import time
 
@@ -16,7 +15,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from conftest import dies_with_pytest, free_port, wait_for_port
+from conftest import answer_of, dies_with_pytest, free_port, stalled_upload, wait_for_port
 from facescore_cli.api import create_app
 from facescore_cli.config import Settings
 from facescore_cli.errors import ConfigError
@@ -251,18 +250,6 @@ def test_body_timeout_setting():
         load("soon")
 
 
-def _answer_of(sock: socket.socket) -> bytes:
-    """What the server sent on a raw connection, up to its closing (or 30 s)."""
-    got = b""
-    sock.settimeout(30)
-    while b'"}' not in got:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        got += chunk
-    return got
-
-
 def test_slow_uploads_hold_no_scoring_slot_and_get_408(redis_server, portrait, tmp_path):
     """Clients that send their headers and then trickle (here: stop) their body. Two of them
     locked everyone else out with 503 for as long as they kept their connections open: a body
@@ -270,16 +257,14 @@ def test_slow_uploads_hold_no_scoring_slot_and_get_408(redis_server, portrait, t
     env = base_env(redis_server.url, tmp_path / "home", FACESCORE_API_MAX_WAITING="1", FACESCORE_BODY_TIMEOUT="3s")
     with Api(env, "--via", "local", "--jobs", "1") as api:
         api.wait_ready()
-        slow = [socket.create_connection(("127.0.0.1", api.port), timeout=30) for _ in range(4)]
-        for sock in slow:
-            sock.sendall(b"POST /api/score HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: 100000\r\n\r\n{\"image\": \"AAAA")
+        slow = [stalled_upload(api.port, b"POST /api/score HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                                         b"Content-Length: 100000\r\n\r\n{\"image\": \"AAAA") for _ in range(4)]
         try:
             time.sleep(0.5)  # the four are in, their bodies unfinished: 1 slot + 1 waiting
             r = httpx.post(api.url + "/api/score", json={"image": _b64(portrait)}, timeout=60)
             assert r.status_code == 200 and r.json()["success"] is True, r.text
             for sock in slow:
-                answer = _answer_of(sock)
+                answer = answer_of(sock)
                 assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
                 assert answer.endswith(b'{"success":false,"error":"the body did not arrive within 3 s"}')
         finally:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import base64
 import io
 import os
-import socket
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import EXAMPLES, dies_with_pytest, free_port
+from conftest import EXAMPLES, answer_of, dies_with_pytest, free_port, stalled_upload
 
 from facescore_cli import images
 from facescore_cli.cli import app
@@ -246,16 +245,11 @@ def test_a_body_that_does_not_arrive_is_408(pair, group_bytes):
     """Headers sent, then the body stops: the service answers 408 after FACESCORE_BODY_TIMEOUT
     (2 s here) instead of holding the connection and its buffer for as long as the client likes."""
     for svc, path in zip(pair, ("/detect", "/embed")):
-        sock = socket.create_connection(("127.0.0.1", svc.port), timeout=30)
+        sock = stalled_upload(svc.port, f"POST {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\n"
+                                        f"Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n"
+                                        f"{{\"image\": \"".encode())
         try:
-            sock.sendall(f"POST {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\n"
-                         f"Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n{{\"image\": \"".encode())
-            answer = b""
-            while b'"}' not in answer:
-                chunk = sock.recv(4096)
-                if not chunk:
-                    break
-                answer += chunk
+            answer = answer_of(sock)
         finally:
             sock.close()
         assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
